@@ -1,0 +1,141 @@
+"""Parity with the PyTorch reference and the weight bridge in both directions."""
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+torch = pytest.importorskip('torch')
+
+from flax_seresnet import SEResNet  # noqa: E402
+from flax_seresnet.reference import TorchSEResNet  # noqa: E402
+from flax_seresnet.torch_bridge import (CheckpointMismatchError, infer_model_config,  # noqa: E402
+                                        load_torch_checkpoint, to_torch_state_dict)
+
+ORIGINAL_KEYS = ['conv1.weight', 'bn1.running_var', 'seblock.conv1.weight', 'seblock.conv2.bias',
+                 'residual_layers.0.0.conv1.weight', 'residual_layers.2.2.bn2.bias',
+                 'residual_layers.1.0.shortcut.0.weight',
+                 'residual_layers.1.0.shortcut.1.running_mean', 'linear.weight', 'linear.bias']
+
+
+def randomised_reference(seed=0, **options):
+  """A TorchSEResNet with random weights AND random, non-trivial BatchNorm statistics."""
+  torch.manual_seed(seed)
+  net = TorchSEResNet(**options)
+  gen = torch.Generator().manual_seed(seed + 1)
+  with torch.no_grad():
+    for module in net.modules():
+      if isinstance(module, torch.nn.BatchNorm2d):
+        c = module.num_features
+        module.weight.copy_(torch.rand(c, generator=gen) + 0.5)
+        module.bias.copy_(torch.randn(c, generator=gen) * 0.2)
+        module.running_mean.copy_(torch.randn(c, generator=gen) * 0.2)
+        module.running_var.copy_(torch.rand(c, generator=gen) + 0.5)
+  return net
+
+
+def images(n=8, seed=0):
+  return np.random.RandomState(seed).randn(n, 3, 32, 32).astype(np.float32)
+
+
+def nhwc(x):
+  return jnp.asarray(x.transpose(0, 2, 3, 1))
+
+
+def test_reference_has_the_original_module_names_and_size():
+  net = TorchSEResNet()
+  keys = set(net.state_dict())
+  assert set(ORIGINAL_KEYS) <= keys
+  assert sum(p.numel() for p in net.parameters()) == 4_697_742
+
+
+@pytest.mark.parametrize('options', [{}, dict(se_position='blocks', stage_blocks=(2, 1, 1)),
+                                     dict(preact=True, stage_blocks=(1, 2, 1)),
+                                     dict(kernel_sizes=(5, 3, 3), shortcut_kernel_sizes=(1, 3, 3),
+                                          stage_blocks=(1, 1, 1))])
+def test_eval_logits_match_pytorch(options):
+  net = randomised_reference(**options).eval()
+  x = images()
+  with torch.no_grad():
+    expected = net(torch.from_numpy(x)).numpy()
+  variables = load_torch_checkpoint(net.state_dict())
+  model = SEResNet(**infer_model_config(net.state_dict()))
+  assert model == SEResNet(**options)
+  got = np.asarray(model.apply(variables, nhwc(x), train=False))
+  assert np.abs(got - expected).max() <= 1e-4
+  assert np.abs(expected).max() > 0.1  # the comparison is not between near-zero numbers
+
+
+def test_train_logits_and_running_statistics_match_pytorch():
+  net = randomised_reference().train()
+  variables = load_torch_checkpoint(net.state_dict())
+  x = images(16, seed=3)
+  expected = net(torch.from_numpy(x)).detach().numpy()  # updates torch's running statistics
+  logits, updates = SEResNet().apply(variables, nhwc(x), train=True, mutable=['batch_stats'])
+  assert np.abs(np.asarray(logits) - expected).max() <= 1e-4
+  # Running statistics move the way torch moves them (unbiased variance, momentum 0.1).
+  after = load_torch_checkpoint(net.state_dict())['batch_stats']
+  chex.assert_trees_all_close(updates['batch_stats'], after, atol=1e-4, rtol=1e-4)
+  moved = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), after,
+                       variables['batch_stats'])
+  assert min(jax.tree.leaves(moved)) > 0
+
+
+def test_original_checkpoint_dict_file_round_trip(tmp_path):
+  net = randomised_reference(seed=4)
+  original = {'net': {f'module.{k}': v for k, v in net.state_dict().items()},
+              'acc': 95.1, 'epoch': 199, 'config': {'lr': 0.1, 'optimizer': 'sgd'}}
+  path = tmp_path / 'ckpt.pth'
+  torch.save(original, path)
+  from_file = load_torch_checkpoint(path)
+  from_dict = load_torch_checkpoint(original)
+  chex.assert_trees_all_equal(from_file, from_dict)
+  # Export then import is exact.
+  exported = to_torch_state_dict(from_file)
+  for key, value in net.state_dict().items():
+    assert torch.equal(exported[key].to(value.dtype), value) or key.endswith('num_batches_tracked')
+  chex.assert_trees_all_equal(load_torch_checkpoint(exported), from_file)
+  twin = TorchSEResNet()
+  twin.load_state_dict(exported)  # strict: same keys, same shapes
+
+
+def test_loading_never_runs_code(tmp_path):
+  marker = tmp_path / 'ran'
+
+  class Evil:
+    def __reduce__(self):
+      import os
+      return (os.system, (f'touch {marker}',))
+
+  path = tmp_path / 'evil.pth'
+  torch.save({'net': {'conv1.weight': torch.zeros(1)}, 'payload': Evil()}, path)
+  with pytest.raises(CheckpointMismatchError, match='evil.pth'):
+    load_torch_checkpoint(path)
+  assert not marker.exists()
+
+
+def test_mismatched_checkpoints_name_the_first_offending_key():
+  sd = dict(randomised_reference().state_dict())
+  missing = {k: v for k, v in sd.items() if k != 'residual_layers.0.1.bn1.weight'}
+  with pytest.raises(CheckpointMismatchError,
+                     match=r"missing 'residual_layers.0.1.bn1.weight' \(expected shape \(64,\)\)"):
+    load_torch_checkpoint(missing, model=SEResNet())
+  extra = dict(sd, **{'extra.weight': torch.zeros(3)})
+  with pytest.raises(CheckpointMismatchError, match="'extra.weight'"):
+    load_torch_checkpoint(extra)
+  misshapen = dict(sd, **{'linear.weight': torch.zeros(10, 128)})
+  with pytest.raises(CheckpointMismatchError,
+                     match=r"'linear.weight' has shape \(10, 128\), expected \(10, 256\)"):
+    load_torch_checkpoint(misshapen, model=SEResNet())
+  other = TorchSEResNet(stage_blocks=(2, 2, 2)).state_dict()
+  with pytest.raises(CheckpointMismatchError, match='residual_layers.0.2'):
+    load_torch_checkpoint(other, model=SEResNet())
+  with pytest.raises(CheckpointMismatchError, match='SE-ResNet'):
+    load_torch_checkpoint({'fc.weight': torch.zeros(2, 2)})
+
+
+def test_explicit_model_config_dict():
+  net = randomised_reference(stage_blocks=(1, 1, 1), widths=(16, 32, 64))
+  variables = load_torch_checkpoint(net.state_dict(),
+                                    model={'stage_blocks': (1, 1, 1), 'widths': (16, 32, 64)})
+  assert variables['params']['linear']['kernel'].shape == (64, 10)
