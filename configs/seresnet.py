@@ -73,4 +73,5 @@ def get_config() -> ml_collections.ConfigDict:
   config.checkpoint_every_epochs = 10
   config.keep_checkpoints = 3
   config.progress_bar = True
+  config.max_epochs_this_run = 0    # stop (with a checkpoint) after this many epochs; 0: no limit
   return config
