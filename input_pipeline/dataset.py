@@ -1,0 +1,50 @@
+"""Choosing and loading the dataset a training config asks for."""
+from typing import Any
+
+from input_pipeline.cifar10 import Cifar10, load_cifar10
+from input_pipeline.errors import DataError
+from input_pipeline.tfds_source import load_cifar10_tfds
+
+DATASETS = ('cifar10', 'tfds')
+
+
+def load_dataset(config: Any) -> Cifar10:
+  """Loads the dataset named by a training config.
+
+  Args:
+    config: an ml_collections.ConfigDict (or anything with these attributes):
+      dataset: 'cifar10' (the pickled python batches in `data_dir`) or 'tfds'
+        (tensorflow_datasets; `tfds_data_dir` if the config has it, else tfds'
+        default folder; `data_dir` is the pickles' folder and is not used).
+      data_dir: the folder of data_batch_1..5 and test_batch, relative to the
+        working directory or absolute.
+      download: fetch the official tarball when `data_dir` is missing.
+      train_subset: 0 for the whole training set, else its first N images.
+
+  Returns:
+    The `Cifar10` arrays, the training set cut to `train_subset`.
+
+  Raises:
+    DataError: an unknown dataset name, a bad train_subset, or any loading
+      problem.
+  """
+  name = config.dataset
+  download = bool(config.download)
+  if name == 'cifar10':
+    data = load_cifar10(config.data_dir, download=download)
+  elif name == 'tfds':
+    tfds_dir = config.get('tfds_data_dir', None) if hasattr(config, 'get') else None
+    data = load_cifar10_tfds(tfds_dir or None, download=download)
+  else:
+    raise DataError(f'config.dataset is {name!r}; use one of {DATASETS}')
+  subset = config.train_subset
+  if isinstance(subset, bool) or not isinstance(subset, int) or subset < 0:
+    raise DataError(f'config.train_subset is {subset!r}; use 0 (all) or a positive number of '
+                    'images')
+  if subset:
+    if subset > len(data.train_images):
+      raise DataError(f'config.train_subset is {subset} but the training set has only '
+                      f'{len(data.train_images)} images; use 0 (all) or a smaller number')
+    data = data._replace(train_images=data.train_images[:subset],
+                         train_labels=data.train_labels[:subset])
+  return data

@@ -1,0 +1,222 @@
+"""Download, checksum and safe extraction, against a local HTTP server on 127.0.0.1."""
+import hashlib
+import http.server
+import io
+import os
+import socket
+import tarfile
+import threading
+
+import numpy as np
+import pytest
+
+from input_pipeline import OFFICIAL_URL, DataError, download_cifar10, load_cifar10
+from input_pipeline.fake_data import write_fake_cifar10
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+  """Serves self.server.routes: path -> (body, mode)."""
+
+  def do_GET(self):  # pylint: disable=invalid-name
+    route = self.server.routes.get(self.path)
+    if route is None:
+      self.send_error(404)
+      return
+    body, mode = route
+    self.send_response(200)
+    self.send_header('Content-Type', 'application/gzip')
+    if mode == 'short':  # promise more than is sent, then hang up
+      self.send_header('Content-Length', str(len(body) + 100_000))
+    elif mode != 'no-length':
+      self.send_header('Content-Length', str(len(body)))
+    self.end_headers()
+    self.wfile.write(body if mode != 'half' else body[:len(body) // 2])
+    self.wfile.flush()
+    self.close_connection = True
+
+  def log_message(self, *args):  # keep the test output quiet
+    pass
+
+
+@pytest.fixture(scope='module')
+def server():
+  httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), _Handler)
+  httpd.routes = {}
+  httpd.daemon_threads = True
+  thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+  thread.start()
+  yield httpd
+  httpd.shutdown()
+  httpd.server_close()
+
+
+def _serve(server, name: str, body: bytes, mode: str = 'ok') -> tuple[str, str]:
+  """Publishes body at /name; returns (url, md5)."""
+  server.routes[f'/{name}'] = (body, mode)
+  return f'http://127.0.0.1:{server.server_address[1]}/{name}', hashlib.md5(body).hexdigest()
+
+
+@pytest.fixture(scope='module')
+def good_tarball(tmp_path_factory) -> bytes:
+  """A tarball laid out like the official one, with small fake batches."""
+  source = write_fake_cifar10(tmp_path_factory.mktemp('src') / 'cifar-10-batches-py',
+                              per_batch=4, test_count=3)
+  (source / 'readme.html').write_text('<html></html>')
+  buffer = io.BytesIO()
+  with tarfile.open(fileobj=buffer, mode='w:gz') as tar:
+    tar.add(source, arcname='cifar-10-batches-py')
+  return buffer.getvalue()
+
+
+def _tarball_with(extra: list[tarfile.TarInfo], good: bytes) -> bytes:
+  """The good tarball's members plus `extra` (links, escaping paths, ...)."""
+  buffer = io.BytesIO()
+  with tarfile.open(fileobj=io.BytesIO(good), mode='r:gz') as src, \
+       tarfile.open(fileobj=buffer, mode='w:gz') as tar:
+    for member in src:
+      tar.addfile(member, src.extractfile(member) if member.isfile() else None)
+    for info in extra:
+      data = b'evil' if info.isfile() else b''
+      info.size = len(data) if info.isfile() else 0
+      tar.addfile(info, io.BytesIO(data) if info.isfile() else None)
+  return buffer.getvalue()
+
+
+def _member(name: str, kind: bytes = tarfile.REGTYPE, linkname: str = '') -> tarfile.TarInfo:
+  info = tarfile.TarInfo(name)
+  info.type = kind
+  info.linkname = linkname
+  return info
+
+
+def _assert_clean(parent, target):
+  """After a failure: no target, no temporaries (the parent we made is gone too)."""
+  assert not target.exists()
+  assert not parent.exists() or os.listdir(parent) == []
+
+
+def test_good_download(server, good_tarball, tmp_path):
+  url, md5 = _serve(server, 'good.tar.gz', good_tarball)
+  target = tmp_path / 'data' / 'cifar'
+  assert download_cifar10(target, url, md5, progress=False) == target.absolute()
+  assert sorted(os.listdir(target)) == ['batches.meta', 'data_batch_1', 'data_batch_2',
+                                        'data_batch_3', 'data_batch_4', 'data_batch_5',
+                                        'readme.html', 'test_batch']
+  assert os.listdir(tmp_path / 'data') == ['cifar']  # no temporaries left
+  data = load_cifar10(target)
+  assert data.train_images.shape == (20, 32, 32, 3) and data.test_labels.shape == (3,)
+
+
+def test_load_cifar10_downloads_when_asked(server, good_tarball, tmp_path):
+  url, md5 = _serve(server, 'good2.tar.gz', good_tarball)
+  target = tmp_path / 'cifar'
+  data = load_cifar10(target, download=True, url=url, md5=md5)
+  assert data.train_images.shape == (20, 32, 32, 3)
+  # A second load reads the folder and does not download again.
+  del server.routes['/good2.tar.gz']
+  np.testing.assert_array_equal(load_cifar10(target, download=True, url=url, md5=md5).test_images,
+                                data.test_images)
+
+
+def test_no_length_header(server, good_tarball, tmp_path):
+  url, md5 = _serve(server, 'nolength.tar.gz', good_tarball, mode='no-length')
+  download_cifar10(tmp_path / 'cifar', url, md5, progress=False)
+  assert (tmp_path / 'cifar' / 'data_batch_5').is_file()
+
+
+def test_bad_checksum(server, good_tarball, tmp_path):
+  url, md5 = _serve(server, 'bad-md5.tar.gz', good_tarball)
+  target = tmp_path / 'data' / 'cifar'
+  with pytest.raises(DataError, match='MD5') as info:
+    download_cifar10(target, url, '0' * 32, progress=False)
+  assert md5 in str(info.value) and '\n' not in str(info.value)
+  _assert_clean(tmp_path / 'data', target)
+
+
+@pytest.mark.parametrize('mode', ['short', 'half'])
+def test_truncated_transfer(server, good_tarball, tmp_path, mode):
+  url, md5 = _serve(server, f'{mode}.tar.gz', good_tarball, mode=mode)
+  parent = tmp_path / 'existing'
+  parent.mkdir()
+  target = parent / 'cifar'
+  with pytest.raises(DataError, match='could not download') as info:
+    download_cifar10(target, url, md5, progress=False)
+  assert str(target) in str(info.value) and OFFICIAL_URL in str(info.value)
+  _assert_clean(parent, target)
+  assert parent.exists()  # a folder we did not create stays
+
+
+@pytest.mark.parametrize('extra, expected', [
+    ([_member('../evil')], 'leaves'),
+    ([_member('cifar-10-batches-py/../../evil')], 'leaves'),
+    ([_member('/tmp/evil-absolute-cifar-test')], 'leaves'),
+    ([_member('cifar-10-batches-py/link', tarfile.SYMTYPE, '/etc/passwd')], 'link'),
+    ([_member('cifar-10-batches-py/hard', tarfile.LNKTYPE, 'cifar-10-batches-py/test_batch')],
+     'link'),
+    ([_member('cifar-10-batches-py/dev', tarfile.CHRTYPE)], 'special file'),
+    ([_member('cifar-10-batches-py/fifo', tarfile.FIFOTYPE)], 'special file'),
+    # A symlink to a folder outside, then a file written "through" it.
+    ([_member('cifar-10-batches-py/out', tarfile.SYMTYPE, '../..'),
+      _member('cifar-10-batches-py/out/evil')], 'link'),
+], ids=['dotdot', 'nested-dotdot', 'absolute', 'symlink', 'hardlink', 'chardev', 'fifo',
+        'symlink-dir'])
+def test_unsafe_members(server, good_tarball, tmp_path, extra, expected):
+  url, md5 = _serve(server, 'unsafe.tar.gz', _tarball_with(extra, good_tarball))
+  target = tmp_path / 'data' / 'cifar'
+  with pytest.raises(DataError, match=expected) as info:
+    download_cifar10(target, url, md5, progress=False)
+  assert '\n' not in str(info.value)
+  _assert_clean(tmp_path / 'data', target)
+  assert not (tmp_path / 'evil').exists()
+  assert not os.path.exists('/tmp/evil-absolute-cifar-test')
+
+
+def test_not_a_tarball(server, tmp_path):
+  url, md5 = _serve(server, 'html.tar.gz', b'<html>captive portal</html>')
+  target = tmp_path / 'cifar'
+  with pytest.raises(DataError, match='not a tar.gz'):
+    download_cifar10(target, url, md5, progress=False)
+  _assert_clean(tmp_path, target)
+
+
+def test_archive_without_the_batches(server, tmp_path):
+  buffer = io.BytesIO()
+  with tarfile.open(fileobj=buffer, mode='w:gz') as tar:
+    info = tarfile.TarInfo('other/readme.txt')
+    info.size = 2
+    tar.addfile(info, io.BytesIO(b'hi'))
+  url, md5 = _serve(server, 'other.tar.gz', buffer.getvalue())
+  with pytest.raises(DataError, match='lacks cifar-10-batches-py/data_batch_1'):
+    download_cifar10(tmp_path / 'cifar', url, md5, progress=False)
+  _assert_clean(tmp_path, tmp_path / 'cifar')
+
+
+def test_http_404(server, tmp_path):
+  url = f'http://127.0.0.1:{server.server_address[1]}/missing.tar.gz'
+  with pytest.raises(DataError, match='HTTP 404'):
+    download_cifar10(tmp_path / 'cifar', url, progress=False)
+  _assert_clean(tmp_path, tmp_path / 'cifar')
+
+
+def test_offline(tmp_path):
+  # A port nothing listens on: bind one, then close it.
+  with socket.socket() as sock:
+    sock.bind(('127.0.0.1', 0))
+    port = sock.getsockname()[1]
+  target = tmp_path / 'data' / 'cifar'
+  with pytest.raises(DataError) as info:
+    download_cifar10(target, f'http://127.0.0.1:{port}/c.tar.gz', progress=False, timeout=5)
+  message = str(info.value)
+  assert 'could not download' in message and '\n' not in message
+  assert str(target) in message and OFFICIAL_URL in message
+  _assert_clean(tmp_path / 'data', target)
+
+
+def test_existing_target_is_never_overwritten(server, good_tarball, tmp_path):
+  url, md5 = _serve(server, 'good3.tar.gz', good_tarball)
+  target = tmp_path / 'cifar'
+  target.mkdir()
+  (target / 'keep').write_text('mine')
+  with pytest.raises(DataError, match='already exists'):
+    download_cifar10(target, url, md5, progress=False)
+  assert os.listdir(target) == ['keep']
