@@ -27,6 +27,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.data_dir = '../shared/data/cifar-10-batches-py'
   config.download = False           # download the official tarball when data_dir is missing
   config.train_subset = 0           # use only the first N training images (0: all)
+  config.test_subset = 0            # evaluate on the first N test images only (0: all)
+  config.tfds_data_dir = ''         # dataset='tfds': tfds' data folder ('': its default)
   config.pad_mode = 'zeros'         # random-crop padding: 'zeros' (published code) or 'reflect'
   config.crop_padding = 4
   config.flip = True
@@ -61,6 +63,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   # --- Devices.
   config.parallel = 'jit'           # 'jit' (mesh + NamedSharding) or 'pmap'
+  config.num_devices = 0            # use the first N devices (one process only); 0: all
   config.sync_batch_stats = True    # False: per-device BatchNorm statistics, like DataParallel
   config.distributed = ml_collections.ConfigDict()
   config.distributed.initialize = 'auto'  # 'auto' (when env/config asks), 'yes' or 'no'

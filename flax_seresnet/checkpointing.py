@@ -20,7 +20,7 @@ import orbax.checkpoint as ocp
 RESUMABLE_CHANGES = (
     'data_dir', 'download', 'progress_bar', 'eval_every_epochs', 'checkpoint_every_epochs',
     'keep_checkpoints', 'distributed', 'parallel', 'eval_batch_size', 'name', 'tfds_data_dir',
-    'max_epochs_this_run',
+    'max_epochs_this_run', 'test_subset',
 )
 
 

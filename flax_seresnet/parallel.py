@@ -52,15 +52,23 @@ def maybe_initialize_distributed(dist_config) -> bool:
 class DataParallel:
   """Places arrays on the devices and compiles step functions for one parallel mode."""
 
-  def __init__(self, mode: str = 'jit', sync_batch_stats: bool = True):
+  def __init__(self, mode: str = 'jit', sync_batch_stats: bool = True, num_devices: int = 0):
     if mode not in PARALLEL_MODES:
       raise ValueError(f'config.parallel={mode!r} is not one of {PARALLEL_MODES}.')
     self.mode = mode
     self.sync_batch_stats = sync_batch_stats
-    self.num_devices = jax.device_count()
-    self.local_devices = jax.local_devices()
+    devices = jax.devices()
+    if num_devices:
+      if jax.process_count() > 1 or num_devices > len(devices):
+        raise ValueError(f'config.num_devices={num_devices}: this process sees '
+                         f'{len(devices)} devices in {jax.process_count()} process(es); use 0 '
+                         '(all) or at most the local device count with one process.')
+      devices = devices[:num_devices]
+    self.devices = devices
+    self.num_devices = len(devices)
+    self.local_devices = [d for d in devices if d.process_index == jax.process_index()]
     if mode == 'jit':
-      self.mesh = Mesh(np.array(jax.devices()), ('data',))
+      self.mesh = Mesh(np.array(devices), ('data',))
       self.replicated = NamedSharding(self.mesh, P())
       self.sharded = NamedSharding(self.mesh, P('data'))
 
@@ -90,7 +98,7 @@ class DataParallel:
 
     if self.mode == 'pmap':
       return jax.pmap(gather_and_step, axis_name=PMAP_AXIS, in_axes=(0, 0, 0, None),
-                      donate_argnums=(0,))
+                      donate_argnums=(0,), devices=self._pmap_devices())
     return jax.jit(gather_and_step, donate_argnums=(0,),
                    out_shardings=(self.replicated, self.replicated))
 
@@ -104,8 +112,12 @@ class DataParallel:
       return step_fn(variables, batch, axis_name=self.axis_name)
 
     if self.mode == 'pmap':
-      return jax.pmap(gather_and_eval, axis_name=PMAP_AXIS)
+      return jax.pmap(gather_and_eval, axis_name=PMAP_AXIS, devices=self._pmap_devices())
     return jax.jit(gather_and_eval)
+
+  def _pmap_devices(self):
+    # pmap's devices= is for one process; with several, it maps over all of them itself.
+    return self.devices if jax.process_count() == 1 else None
 
   # --- Placing arrays ------------------------------------------------------------------------
   def replicate(self, tree):
@@ -126,17 +138,20 @@ class DataParallel:
     return jax.make_array_from_process_local_data(self.sharded, local_array)
 
   def _stack_on_local_devices(self, per_device):
-    """One array per local device, stacked along a leading axis, as pmap lays its inputs out
-    (jax.device_put_replicated and device_put_sharded are gone from JAX 0.10)."""
+    """One array per local device, stacked along a leading device axis that spans every
+    process's devices, as pmap lays its inputs out (jax.device_put_replicated and
+    device_put_sharded are gone from JAX 0.10)."""
     if not hasattr(self, '_pmap_sharding'):
-      mesh = Mesh(np.array(self.local_devices), (PMAP_AXIS,))
+      mesh = Mesh(np.array(self.devices), (PMAP_AXIS,))
       self._pmap_sharding = NamedSharding(mesh, P(PMAP_AXIS))
     shards = [jax.device_put(x[None], d) for x, d in zip(per_device, self.local_devices)]
-    shape = (len(per_device),) + np.shape(per_device[0])
+    shape = (self.num_devices,) + np.shape(per_device[0])
     return jax.make_array_from_single_device_arrays(shape, self._pmap_sharding, shards)
 
   def to_host(self, tree):
     """Replicated device values as NumPy (one replica; every replica holds the same)."""
+    # Local reads only: indexing a global array would be a computation that every process
+    # must join, and only process 0 writes records.
     if self.mode == 'pmap':
-      return jax.device_get(jax.tree.map(lambda x: x[0], tree))
+      return jax.tree.map(lambda x: np.asarray(x.addressable_data(0))[0], tree)
     return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)

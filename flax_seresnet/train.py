@@ -59,6 +59,13 @@ def _state_dict(host_state: steps.TrainState) -> Dict[str, Any]:
   return {k: v for k, v in d.items() if v is not None}
 
 
+def _from_state_dict(template: steps.TrainState, restored: Dict[str, Any]) -> steps.TrainState:
+  """Inverse of `_state_dict`: the saved arrays into a TrainState like `template`."""
+  full = flax.serialization.to_state_dict(template)
+  restored = dict(restored, **{k: None for k, v in full.items() if v is None})
+  return flax.serialization.from_state_dict(template, restored)
+
+
 def _device_name() -> str:
   return jax.devices()[0].device_kind
 
@@ -77,7 +84,8 @@ class Setup:
 
 def _build(config: ml_collections.ConfigDict, load_data: bool = True,
            steps_per_epoch: Optional[int] = None) -> Setup:
-  dp = parallel.DataParallel(config.parallel, config.sync_batch_stats)
+  dp = parallel.DataParallel(config.parallel, config.sync_batch_stats,
+                             config.get('num_devices', 0))
   data = input_pipeline.load_dataset(config) if load_data else None
   if steps_per_epoch is None:
     steps_per_epoch = input_pipeline.steps_per_epoch(
@@ -99,7 +107,7 @@ class Trainer:
   """Holds a run's compiled steps and device data; `run()` trains to config.num_epochs."""
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str):
-    validate_config(config, jax.device_count())
+    validate_config(config, config.get('num_devices', 0) or jax.device_count())
     self.is_chief = jax.process_index() == 0
     if self.is_chief:
       check_workdir(workdir)
@@ -151,7 +159,7 @@ class Trainer:
     checkpointing.check_compatible(meta['config'], self.config.to_dict(), self.workdir)
     target = _state_dict(self.host_state)
     restored, meta = self.checkpointer.restore(target)
-    self.host_state = flax.serialization.from_state_dict(self.host_state, restored)
+    self.host_state = _from_state_dict(self.host_state, restored)
     self.start_epoch = int(meta['epoch'])
     self.best_acc = float(meta.get('best_test_accuracy', 0.0))
     self.train_s = float(meta.get('train_s', 0.0))
@@ -327,7 +335,7 @@ def load_for_inference(config: ml_collections.ConfigDict, workdir: Optional[str]
   saved = ml_collections.ConfigDict(meta['config'])
   s = _build(saved, load_data=False, steps_per_epoch=int(meta['steps_per_epoch']))
   restored, _ = checkpointer.restore(_state_dict(jax.device_get(s.state)), which)
-  state = flax.serialization.from_state_dict(jax.device_get(s.state), restored)
+  state = _from_state_dict(jax.device_get(s.state), restored)
   checkpointer.close()
   model = model_from_config(saved.model)
   return model, jax.device_get(steps.eval_variables(state))

@@ -20,6 +20,7 @@ def load_dataset(config: Any) -> Cifar10:
         working directory or absolute.
       download: fetch the official tarball when `data_dir` is missing.
       train_subset: 0 for the whole training set, else its first N images.
+      test_subset: likewise for the test set (tests and quick checks only).
 
   Returns:
     The `Cifar10` arrays, the training set cut to `train_subset`.
@@ -37,14 +38,16 @@ def load_dataset(config: Any) -> Cifar10:
     data = load_cifar10_tfds(tfds_dir or None, download=download)
   else:
     raise DataError(f'config.dataset is {name!r}; use one of {DATASETS}')
-  subset = config.train_subset
-  if isinstance(subset, bool) or not isinstance(subset, int) or subset < 0:
-    raise DataError(f'config.train_subset is {subset!r}; use 0 (all) or a positive number of '
-                    'images')
-  if subset:
-    if subset > len(data.train_images):
-      raise DataError(f'config.train_subset is {subset} but the training set has only '
-                      f'{len(data.train_images)} images; use 0 (all) or a smaller number')
-    data = data._replace(train_images=data.train_images[:subset],
-                         train_labels=data.train_labels[:subset])
+  for split in ('train', 'test'):
+    key = f'{split}_subset'
+    subset = config.get(key, 0) if hasattr(config, 'get') else getattr(config, key, 0)
+    images = getattr(data, f'{split}_images')
+    if isinstance(subset, bool) or not isinstance(subset, int) or subset < 0:
+      raise DataError(f'config.{key} is {subset!r}; use 0 (all) or a positive number of images')
+    if subset:
+      if subset > len(images):
+        raise DataError(f'config.{key} is {subset} but the {split} set has only '
+                        f'{len(images)} images; use 0 (all) or a smaller number')
+      data = data._replace(**{f'{split}_images': images[:subset],
+                              f'{split}_labels': getattr(data, f'{split}_labels')[:subset]})
   return data
