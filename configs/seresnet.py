@@ -29,6 +29,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.train_subset = 0           # use only the first N training images (0: all)
   config.test_subset = 0            # evaluate on the first N test images only (0: all)
   config.tfds_data_dir = ''         # dataset='tfds': tfds' data folder ('': its default)
+  config.augment = True             # random crop + flip (False: normalization only)
   config.pad_mode = 'zeros'         # random-crop padding: 'zeros' (published code) or 'reflect'
   config.crop_padding = 4
   config.flip = True

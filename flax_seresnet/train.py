@@ -128,8 +128,11 @@ class Trainer:
                                   'labels': self.data.test_labels.astype(np.int32)})
     self.key_dev = dp.replicate(jax.random.key_data(self.base_key)) if dp.mode == 'jit' else (
         jax.random.key_data(self.base_key))
-    augment = functools.partial(input_pipeline.augment, padding=config.crop_padding,
-                                pad_mode=config.pad_mode, flip=config.flip)
+    if config.get('augment', True):
+      augment = functools.partial(input_pipeline.augment, padding=config.crop_padding,
+                                  pad_mode=config.pad_mode, flip=config.flip)
+    else:
+      augment = lambda images, keys: input_pipeline.normalize(images)
     train_fn = functools.partial(self._train_step_from_key_data, augment_fn=augment,
                                  label_smoothing=config.label_smoothing,
                                  ema_decay=config.ema_decay)

@@ -1,11 +1,21 @@
 """Choosing and loading the dataset a training config asks for."""
 from typing import Any
 
+import numpy as np
+
 from input_pipeline.cifar10 import Cifar10, load_cifar10
 from input_pipeline.errors import DataError
 from input_pipeline.tfds_source import load_cifar10_tfds
 
-DATASETS = ('cifar10', 'tfds')
+DATASETS = ('cifar10', 'tfds', 'synthetic')
+
+
+def synthetic_cifar10(num_train: int = 50000, num_test: int = 10000, seed: int = 0) -> Cifar10:
+  """Random images and labels of CIFAR-10's shapes: for speed benchmarks, never for accuracy."""
+  rng = np.random.default_rng(seed)
+  images = lambda n: rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+  labels = lambda n: rng.integers(0, 10, (n,), dtype=np.int32)
+  return Cifar10(images(num_train), labels(num_train), images(num_test), labels(num_test))
 
 
 def load_dataset(config: Any) -> Cifar10:
@@ -13,7 +23,8 @@ def load_dataset(config: Any) -> Cifar10:
 
   Args:
     config: an ml_collections.ConfigDict (or anything with these attributes):
-      dataset: 'cifar10' (the pickled python batches in `data_dir`) or 'tfds'
+      dataset: 'cifar10' (the pickled python batches in `data_dir`), 'synthetic'
+        (random arrays of CIFAR-10's shapes, for speed benchmarks) or 'tfds'
         (tensorflow_datasets; `tfds_data_dir` if the config has it, else tfds'
         default folder; `data_dir` is the pickles' folder and is not used).
       data_dir: the folder of data_batch_1..5 and test_batch, relative to the
@@ -36,6 +47,8 @@ def load_dataset(config: Any) -> Cifar10:
   elif name == 'tfds':
     tfds_dir = config.get('tfds_data_dir', None) if hasattr(config, 'get') else None
     data = load_cifar10_tfds(tfds_dir or None, download=download)
+  elif name == 'synthetic':
+    data = synthetic_cifar10()
   else:
     raise DataError(f'config.dataset is {name!r}; use one of {DATASETS}')
   for split in ('train', 'test'):
