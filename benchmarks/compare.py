@@ -33,7 +33,7 @@ def main():
 
   import input_pipeline
   from configs import seresnet
-  from flax_seresnet import train
+  from flax_seresnet import records, train
   config = seresnet.get_config()
   config.name = f'compare{args.epochs}'
   config.num_epochs = args.epochs
@@ -59,9 +59,13 @@ def main():
       data = input_pipeline.load_dataset(config)
       device = 'cuda' if torch.cuda.is_available() else 'cpu'
       # TF32 allowed, as PyTorch's default for cuDNN convolutions and XLA's default on GPUs.
-      results['torch'] = torch_side.train_torch_reference(
+      r = torch_side.train_torch_reference(
           data, epochs=args.epochs, device=device, seed=args.seed, allow_tf32=True,
           model_kwargs=model_kwargs)
+      results['torch'] = r
+      print(records.summary_line(f'torch_reference{args.epochs}', r['final_test_accuracy'],
+                                 r['best_test_accuracy'], args.epochs, r['train_s'], 0.0,
+                                 r['img_per_s'], r['device']), flush=True)
   write_report(results, args.workdir, args.epochs)
 
 

@@ -221,3 +221,19 @@ def test_cli_unwritable_workdir(tmp_path):
                    f'--config.data_dir={REAL_CIFAR10}')
   assert result.returncode == 2
   assert 'workdir' in result.stderr.strip().splitlines()[-1]
+
+
+def test_ema_parameters_are_kept_and_evaluated(tmp_path):
+  from flax_seresnet import steps
+  config = tiny_config(ema_decay=0.5, num_epochs=1)
+  trainer = train.Trainer(config, str(tmp_path))
+  trainer.run()
+  host = trainer.dp.to_host(trainer.final_state)
+  assert host.ema_params is not None
+  differences = [float(np.max(np.abs(a - b))) for a, b in
+                 zip(jax.tree.leaves(host.ema_params), jax.tree.leaves(host.params))]
+  assert max(differences) > 0  # the average lags behind the parameters
+  assert steps.eval_variables(host)['params'] is host.ema_params
+  # The EMA is part of the checkpoint: evaluating the saved run uses it.
+  _, variables = train.load_for_inference(config, str(tmp_path))
+  chex.assert_trees_all_equal(variables['params'], host.ema_params)
