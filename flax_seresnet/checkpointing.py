@@ -91,12 +91,6 @@ class Checkpointer:
     self.best.close()
 
 
-def abstract_host_state(state: Any) -> Any:
-  """Shapes and dtypes of a state, as the restore target (NumPy arrays come back)."""
-  return jax.tree.map(lambda x: np.zeros(np.shape(x), np.asarray(x).dtype)
-                      if not isinstance(x, jax.ShapeDtypeStruct) else x, state)
-
-
 def config_differences(saved: Dict[str, Any], current: Dict[str, Any], prefix: str = '') -> list:
   """Keys whose values differ between two config dicts, except RESUMABLE_CHANGES."""
   diffs = []

@@ -36,7 +36,7 @@ class TrainingDiverged(RuntimeError):
 
 # --- Small pieces --------------------------------------------------------------------------------
 
-def _host_metrics(dp: parallel.DataParallel, metrics_list) -> Dict[str, float]:
+def _host_metrics(metrics_list) -> Dict[str, float]:
   """Sums a list of per-step metric dicts (device arrays) with one transfer per key."""
   if not metrics_list:
     return {}
@@ -115,6 +115,7 @@ class Trainer:
     s = _build(config)
     self.dp, self.model, self.steps_per_epoch = s.dp, s.model, s.steps_per_epoch
     self.data, self.base_key = s.data, s.base_key
+    self.learning_rate = optim.learning_rate_schedule(config, self.steps_per_epoch)  # for records
     self.host_state = jax.device_get(s.state)
     self.checkpointer = checkpointing.Checkpointer(workdir, config.keep_checkpoints)
     self.records = records.RunRecords(workdir, enabled=self.is_chief)
@@ -173,8 +174,8 @@ class Trainer:
 
   # --- compilation (ahead of time, so its cost is measured on its own) ---
   def _compiled_step(self, name, fn, *args):
-    shapes = (name,) + tuple(jax.tree.map(lambda x: (x.shape, str(x.dtype)), a)
-                             for a in args[2:3])
+    # Only the batch (args[2], the indices) changes shape within a run: the last partial batch.
+    shapes = (name, args[2].shape)
     if shapes not in self._compiled:
       t0 = time.perf_counter()
       self._compiled[shapes] = fn.lower(*args).compile()
@@ -205,7 +206,7 @@ class Trainer:
     for idx, mask in self.eval_plan:
       fn = self._compiled_step('eval', self._eval_step, variables, self.test_dev, idx, mask)
       metrics.append(fn(variables, self.test_dev, idx, mask))
-    return _means(_host_metrics(self.dp, metrics))
+    return _means(_host_metrics(metrics))
 
   def train_epoch(self, state, epoch: int):
     config = self.config
@@ -228,14 +229,14 @@ class Trainer:
       images_done += len(global_indices)
       # Fetching a value waits for the device; do it rarely so the host stays ahead.
       if not bar.disable and (i % 50 == 49 or i == len(batches) - 1):
-        m = _means(_host_metrics(self.dp, metrics_list[-50:]))
+        m = _means(_host_metrics(metrics_list[-50:]))
         bar.set_postfix(loss=f"{m['loss']:.3f}", acc=f"{m['accuracy']:.1f}",
                         img_s=f'{images_done / (time.perf_counter() - t0):.0f}')
         bar.update(i + 1 - bar.n)
     jax.block_until_ready(state)
     seconds = time.perf_counter() - t0
     bar.close()
-    return state, _means(_host_metrics(self.dp, metrics_list)), seconds, images_done
+    return state, _means(_host_metrics(metrics_list)), seconds, images_done
 
   def _meta(self, epoch):
     return {'epoch': epoch, 'seed': int(self.config.seed),
@@ -271,8 +272,8 @@ class Trainer:
       last = epoch + 1 == config.num_epochs
       record = {'epoch': epoch + 1, 'train_loss': train['loss'],
                 'train_accuracy': train['accuracy'],
-                'learning_rate': float(optim.learning_rate_schedule(
-                    config, self.steps_per_epoch)((epoch + 1) * self.steps_per_epoch - 1)),
+                'learning_rate': float(
+                    self.learning_rate((epoch + 1) * self.steps_per_epoch - 1)),
                 'epoch_train_s': seconds, 'img_per_s': images / seconds}
       if last or (epoch + 1) % config.eval_every_epochs == 0:
         test = self.evaluate(state)
@@ -290,7 +291,7 @@ class Trainer:
       if self.is_chief:
         tqdm.write(' '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}'
                             for k, v in record.items()))
-      if periodic or last:
+      if periodic:
         self.records.plot()
     self.final_state = state
     self.records.plot()
