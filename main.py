@@ -39,8 +39,9 @@ def main(argv):
   from input_pipeline import DataError
 
   config = FLAGS.config
-  user_errors = (ConfigError, DataError, ValueError, FileNotFoundError,
-                 IncompatibleCheckpointError, CheckpointMismatchError, train.TrainingDiverged)
+  # Mistakes in the input get one line; anything else (a bug) keeps its traceback.
+  user_errors = (ConfigError, DataError, FileNotFoundError, IncompatibleCheckpointError,
+                 CheckpointMismatchError, train.TrainingDiverged)
   try:
     parallel.maybe_initialize_distributed(config.distributed)
     if FLAGS.mode == 'train':

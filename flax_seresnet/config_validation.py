@@ -2,17 +2,15 @@
 import os
 import tempfile
 
+import jax
 import ml_collections
 
 from flax_seresnet import optim
+from flax_seresnet.errors import ConfigError
 from flax_seresnet.model import DTYPES, SE_POSITIONS, SEResNet
 from flax_seresnet.parallel import PARALLEL_MODES
 
 PAD_MODES = ('zeros', 'reflect')
-
-
-class ConfigError(ValueError):
-  """A setting that cannot work."""
 
 
 def _positive_int(config, key):
@@ -37,6 +35,10 @@ def validate_model_config(model) -> None:
   if model.get('se_position', 'stem') not in SE_POSITIONS:
     raise ConfigError(f'config.model.se_position={model.se_position!r} is not one of '
                       f'{SE_POSITIONS}.')
+  kernels = tuple(model.get('kernel_sizes', ())) + tuple(model.get('shortcut_kernel_sizes', ()))
+  if any(int(k) % 2 == 0 for k in kernels):
+    raise ConfigError(f'config.model kernel sizes {kernels} must be odd (PyTorch padding k//2 '
+                      'keeps the map size).')
   if model.get('dtype', 'float32') not in DTYPES:
     raise ConfigError(f'config.model.dtype={model.dtype!r} is not one of {tuple(DTYPES)}.')
   if not 0.0 <= model.get('dropout', 0.0) < 1.0:
@@ -44,14 +46,21 @@ def validate_model_config(model) -> None:
 
 
 def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
-  """Raises ConfigError (or the optimizer's ValueError) for the first bad setting."""
-  optim.validate_optimizer_config(config)
+  """Raises ConfigError for the first bad setting."""
+  try:
+    optim.validate_optimizer_config(config)
+  except ValueError as e:  # optim's messages already name the setting
+    raise ConfigError(str(e)) from None
   validate_model_config(config.model)
   for key in ('batch_size', 'eval_batch_size', 'num_epochs', 'eval_every_epochs',
               'keep_checkpoints'):
     _positive_int(config, key)
   if config.parallel not in PARALLEL_MODES:
     raise ConfigError(f'config.parallel={config.parallel!r} is not one of {PARALLEL_MODES}.')
+  requested = config.get('num_devices', 0)
+  if requested and (requested < 0 or requested > len(jax.devices()) or jax.process_count() > 1):
+    raise ConfigError(f'config.num_devices={requested}: use 0 (all devices) or at most the '
+                      f'{len(jax.devices())} devices of this single process.')
   if config.batch_size % num_devices:
     raise ConfigError(f'config.batch_size={config.batch_size} is not divisible by the '
                       f'{num_devices} devices: use a multiple of {num_devices}.')

@@ -19,6 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from flax_seresnet.errors import ConfigError
+
 PARALLEL_MODES = ('jit', 'pmap')
 PMAP_AXIS = 'batch'
 
@@ -33,7 +35,7 @@ def maybe_initialize_distributed(dist_config) -> bool:
   """
   mode = dist_config.initialize
   if mode not in ('auto', 'yes', 'no'):
-    raise ValueError(f"config.distributed.initialize={mode!r} is not one of 'auto', 'yes', 'no'.")
+    raise ConfigError(f"config.distributed.initialize={mode!r} is not one of 'auto', 'yes', 'no'.")
   address = dist_config.coordinator_address or None
   num_processes = dist_config.num_processes or None
   process_id = dist_config.process_id if dist_config.process_id >= 0 else None
@@ -54,13 +56,13 @@ class DataParallel:
 
   def __init__(self, mode: str = 'jit', sync_batch_stats: bool = True, num_devices: int = 0):
     if mode not in PARALLEL_MODES:
-      raise ValueError(f'config.parallel={mode!r} is not one of {PARALLEL_MODES}.')
+      raise ConfigError(f'config.parallel={mode!r} is not one of {PARALLEL_MODES}.')
     self.mode = mode
     self.sync_batch_stats = sync_batch_stats
     devices = jax.devices()
     if num_devices:
       if jax.process_count() > 1 or num_devices > len(devices):
-        raise ValueError(f'config.num_devices={num_devices}: this process sees '
+        raise ConfigError(f'config.num_devices={num_devices}: this process sees '
                          f'{len(devices)} devices in {jax.process_count()} process(es); use 0 '
                          '(all) or at most the local device count with one process.')
       devices = devices[:num_devices]

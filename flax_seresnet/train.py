@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 import input_pipeline
 from flax_seresnet import checkpointing, optim, parallel, records, steps
-from flax_seresnet.config_validation import check_workdir, validate_config
+from flax_seresnet.config_validation import ConfigError, check_workdir, validate_config
 from flax_seresnet.model import model_from_config
 
 
@@ -91,10 +91,13 @@ def _build(config: ml_collections.ConfigDict, load_data: bool = True,
     steps_per_epoch = input_pipeline.steps_per_epoch(
         len(data.train_images), config.batch_size, config.drop_last, dp.num_devices)
     if steps_per_epoch < 1:
-      raise ValueError(f'config.batch_size={config.batch_size} leaves no training step for '
+      raise ConfigError(f'config.batch_size={config.batch_size} leaves no training step for '
                        f'{len(data.train_images)} images with drop_last={config.drop_last}.')
   model = model_from_config(config.model, **dp.model_overrides())
-  tx = optim.make_optimizer(config, steps_per_epoch)
+  try:
+    tx = optim.make_optimizer(config, steps_per_epoch)
+  except ValueError as e:  # e.g. a one-cycle warmup shorter than one step for this data size
+    raise ConfigError(str(e)) from None
   init_key, base_key = jax.random.split(jax.random.key(config.seed))
   state = jax.jit(functools.partial(steps.create_train_state, model, tx,
                                     use_ema=config.ema_decay > 0))(init_key)
@@ -330,7 +333,7 @@ def load_for_inference(config: ml_collections.ConfigDict, workdir: Optional[str]
                               dtype=config.model.dtype)
     return model, torch_bridge.load_torch_checkpoint(state_dict, model)
   if not workdir:
-    raise ValueError('give --workdir (a training run) or --torch_checkpoint PATH to evaluate.')
+    raise ConfigError('give --workdir (a training run) or --torch_checkpoint PATH to evaluate.')
   checkpointer = checkpointing.Checkpointer(workdir, config.keep_checkpoints)
   meta = checkpointer.restore_meta(which)
   if meta is None:

@@ -202,6 +202,9 @@ def test_cli_eval_prints_the_accuracy_line(straight_run):
     ('--config.parallel=pmapjit', 'parallel'),
     ('--config.batch_size=102', 'batch_size'),
     ('--config.data_dir=/nonexistent/cifar', 'data_dir'),
+    ('--config.model.kernel_sizes=(4,3,3)', 'kernel sizes'),
+    ('--config.num_devices=9', 'num_devices'),
+    ('--config.distributed.initialize=maybe', 'initialize'),
 ])
 def test_cli_bad_config_fails_fast_with_one_line(tmp_path, override, needle):
   start = time.time()
