@@ -47,7 +47,7 @@ def main(argv):
     if FLAGS.mode == 'train':
       if not FLAGS.workdir:
         raise ConfigError('--workdir is required for training.')
-      summary = train.train_and_evaluate(config, FLAGS.workdir)
+      train.train_and_evaluate(config, FLAGS.workdir)  # ends by printing its summary line
     elif FLAGS.mode == 'eval':
       accuracy = train.evaluate(config, FLAGS.workdir, FLAGS.checkpoint, FLAGS.torch_checkpoint)
       print(f'test_accuracy={accuracy:.2f}', flush=True)

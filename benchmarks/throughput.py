@@ -155,7 +155,7 @@ def main():
   reference = next((r['img_per_s'] for r in rows
                     if r['framework'] == 'torch' and r['variant'] == 'eager_fp32'), None)
   print(f'\nTrain-step throughput on {device} ({"small network" if args.small else "published network"})')
-  print(f"| framework | variant | batch | img/s | vs PyTorch published | note |")
+  print("| framework | variant | batch | img/s | vs PyTorch published | note |")
   print('|---|---|---|---|---|---|')
   for r in rows:
     ratio = f"{r['img_per_s'] / reference:.2f}x" if reference else '-'

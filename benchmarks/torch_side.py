@@ -525,30 +525,13 @@ class TorchTrainer:
     }
 
 
-def train_torch_reference(data: Cifar10,
-                          *,
-                          epochs: int,
-                          device: str,
-                          batch_size: int = 128,
-                          lr: float = LEARNING_RATE,
-                          momentum: float = MOMENTUM,
-                          weight_decay: float = WEIGHT_DECAY,
-                          clip_value: Optional[float] = CLIP_VALUE,
-                          seed: int = 0,
-                          eval_batch_size: int = 1000,
-                          pad_mode: str = 'zeros',
-                          allow_tf32: bool = False,
-                          model_kwargs: Optional[Mapping[str, Any]] = None,
-                          progress: bool = True,
-                          log: Optional[Callable[[str], None]] = print) -> Dict[str, Any]:
-  """Trains the reference with the published recipe, data on the device; see `TorchTrainer`.
+def train_torch_reference(data: Cifar10, **kwargs: Any) -> Dict[str, Any]:
+  """Trains the reference with the published recipe, data on the device.
+
+  Keyword arguments are `TorchTrainer`'s (epochs and device are required).
 
   Returns:
     The dict of `TorchTrainer.run`: 'history', 'final_test_accuracy',
     'best_test_accuracy', 'train_s', 'img_per_s', 'device', ...
   """
-  return TorchTrainer(data, epochs=epochs, device=device, batch_size=batch_size, lr=lr,
-                      momentum=momentum, weight_decay=weight_decay, clip_value=clip_value,
-                      seed=seed, eval_batch_size=eval_batch_size, pad_mode=pad_mode,
-                      allow_tf32=allow_tf32, model_kwargs=model_kwargs, progress=progress,
-                      log=log).run()
+  return TorchTrainer(data, **kwargs).run()

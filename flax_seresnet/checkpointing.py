@@ -12,8 +12,6 @@ import json
 import os
 from typing import Any, Dict, Optional, Tuple
 
-import jax
-import numpy as np
 import orbax.checkpoint as ocp
 
 # Settings a run may change when it resumes: they do not affect the numbers it computes.

@@ -10,12 +10,10 @@
 Multi-host: every process holds the whole (small) dataset on its devices, computes the same
 global batch plan, and feeds only its own slice (input_pipeline.process_slice).
 """
-import functools
 import os
 from typing import Any, Callable, Dict, Optional
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 

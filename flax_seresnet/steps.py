@@ -7,10 +7,8 @@ sharded batch or under jax.pmap; under pmap, `axis_name` names the device axis s
 Metrics are sums (loss_sum, correct, count), so that any number of steps, devices and hosts
 combine into exact means.
 """
-import functools
 from typing import Any, Callable, Dict, Optional
 
-import flax
 import jax
 import jax.numpy as jnp
 import optax
