@@ -33,15 +33,11 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   logging.set_verbosity(logging.WARNING)
   from flax_seresnet import parallel, train  # jax starts here, after flags are parsed
-  from flax_seresnet.checkpointing import IncompatibleCheckpointError
-  from flax_seresnet.config_validation import ConfigError
-  from flax_seresnet.torch_bridge import CheckpointMismatchError
-  from input_pipeline import DataError
+  from flax_seresnet.errors import ConfigError, UserError
 
   config = FLAGS.config
   # Mistakes in the input get one line; anything else (a bug) keeps its traceback.
-  user_errors = (ConfigError, DataError, FileNotFoundError, IncompatibleCheckpointError,
-                 CheckpointMismatchError, train.TrainingDiverged)
+  user_errors = (UserError, FileNotFoundError)
   try:
     parallel.maybe_initialize_distributed(config.distributed)
     if FLAGS.mode == 'train':
@@ -59,7 +55,7 @@ def main(argv):
       print(f'wrote {rows} predictions to {FLAGS.output}', flush=True)
   except user_errors as e:
     print(f'error: {e}', file=sys.stderr, flush=True)
-    sys.exit(2 if not isinstance(e, train.TrainingDiverged) else 3)
+    sys.exit(getattr(e, 'exit_code', 2))
 
 
 if __name__ == '__main__':

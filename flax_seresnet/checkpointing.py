@@ -22,8 +22,7 @@ RESUMABLE_CHANGES = (
 )
 
 
-class IncompatibleCheckpointError(ValueError):
-  """The workdir holds a run whose config differs where it matters."""
+from flax_seresnet.errors import CheckpointError as IncompatibleCheckpointError
 
 
 def _manager(directory: str, keep: int, best: bool) -> ocp.CheckpointManager:

@@ -32,8 +32,7 @@ _LEAF_NAMES = {
 _IGNORED_TORCH_SUFFIXES = ('num_batches_tracked',)
 
 
-class CheckpointMismatchError(ValueError):
-  """The PyTorch checkpoint does not fit the SEResNet it is loaded into."""
+from flax_seresnet.errors import CheckpointError as CheckpointMismatchError
 
 
 def _torch_module_name(flax_module: str) -> str:

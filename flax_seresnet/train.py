@@ -30,8 +30,7 @@ from flax_seresnet.config_validation import ConfigError, check_workdir, validate
 from flax_seresnet.model import model_from_config
 
 
-class TrainingDiverged(RuntimeError):
-  """The training loss became NaN or infinite."""
+from flax_seresnet.errors import TrainingDiverged
 
 
 # --- Small pieces --------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from input_pipeline.batching import (epoch_permutation, eval_batches, process_sl
 from input_pipeline.cifar10 import Cifar10, class_names, load_cifar10, load_unlabeled
 from input_pipeline.dataset import load_dataset
 from input_pipeline.download import OFFICIAL_MD5, OFFICIAL_URL, download_cifar10
-from input_pipeline.errors import DataError
+from flax_seresnet.errors import DataError
 from input_pipeline.tfds_source import load_cifar10_tfds
 
 __all__ = [

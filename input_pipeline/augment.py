@@ -15,7 +15,7 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
-from input_pipeline.errors import DataError
+from flax_seresnet.errors import DataError
 
 # The values of the published PyTorch code (transforms.Normalize). The std is
 # not the dataset's pixel std (0.2470, 0.2435, 0.2616) but what that code used;

@@ -14,7 +14,7 @@ import numbers
 
 import numpy as np
 
-from input_pipeline.errors import DataError
+from flax_seresnet.errors import DataError
 
 
 def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:

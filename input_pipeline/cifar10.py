@@ -14,7 +14,7 @@ import numpy as np
 
 from input_pipeline import download as download_lib
 from input_pipeline.download import OFFICIAL_MD5, OFFICIAL_URL
-from input_pipeline.errors import DataError, one_line
+from flax_seresnet.errors import DataError, one_line
 from input_pipeline.safe_pickle import safe_load
 
 TRAIN_FILES = tuple(f'data_batch_{i}' for i in range(1, 6))

@@ -4,7 +4,7 @@ from typing import Any
 import numpy as np
 
 from input_pipeline.cifar10 import Cifar10, load_cifar10
-from input_pipeline.errors import DataError
+from flax_seresnet.errors import DataError
 from input_pipeline.tfds_source import load_cifar10_tfds
 
 DATASETS = ('cifar10', 'tfds', 'synthetic')

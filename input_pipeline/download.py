@@ -18,7 +18,7 @@ import urllib.request
 
 import tqdm
 
-from input_pipeline.errors import DataError, one_line
+from flax_seresnet.errors import DataError, one_line
 
 OFFICIAL_URL = 'https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz'
 OFFICIAL_MD5 = 'c58f30108f718f92721af3b95e74349a'

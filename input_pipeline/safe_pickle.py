@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from input_pipeline.errors import DataError, one_line
+from flax_seresnet.errors import DataError, one_line
 
 # numpy 2 renamed numpy.core to numpy._core; numpy 1.x only has numpy.core.
 # Resolving the functions here (rather than via import by name at load time)

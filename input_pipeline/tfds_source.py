@@ -8,7 +8,7 @@ import os
 import numpy as np
 
 from input_pipeline.cifar10 import Cifar10
-from input_pipeline.errors import DataError, one_line
+from flax_seresnet.errors import DataError, one_line
 
 
 def load_cifar10_tfds(data_dir: str | os.PathLike[str] | None = None,

@@ -6,7 +6,7 @@ import pytest
 
 from input_pipeline import (Cifar10, DataError, class_names, load_cifar10, load_dataset,
                             load_unlabeled)
-from input_pipeline.fake_data import CLASS_NAMES, make_batch, write_fake_cifar10, write_pickle
+from tests.fake_data import CLASS_NAMES, make_batch, write_fake_cifar10, write_pickle
 
 
 def _nhwc(flat: np.ndarray) -> np.ndarray:

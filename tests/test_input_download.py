@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from input_pipeline import OFFICIAL_URL, DataError, download_cifar10, load_cifar10
-from input_pipeline.fake_data import write_fake_cifar10
+from tests.fake_data import write_fake_cifar10
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from input_pipeline import DataError, load_cifar10, load_unlabeled
-from input_pipeline.fake_data import make_batch, write_fake_cifar10, write_pickle
+from tests.fake_data import make_batch, write_fake_cifar10, write_pickle
 from input_pipeline.safe_pickle import safe_load
 
 
