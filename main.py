@@ -7,8 +7,12 @@
   python main.py --config configs/seresnet.py --workdir runs/seresnet --mode predict \
       --input hidden_test.pkl --output predictions.csv
 
-Only flags live here; the work is in flax_seresnet.train.
+Only flags live here; the work is in flax_seresnet.train. A mistake in the input (a flag, a
+setting, a file) ends with one line `error: ...` and exit code 2 (3: training diverged); any
+other exception is a bug and keeps its traceback.
 """
+import logging as std_logging
+import re
 import sys
 
 from absl import app, flags, logging
@@ -28,35 +32,64 @@ flags.DEFINE_string('output', None, 'predict: the CSV to write (header ID,Labels
 flags.mark_flags_as_required(['config'])
 
 
+def fail(message: str, code: int = 2):
+  print(f'error: {" ".join(str(message).split())}', file=sys.stderr, flush=True)
+  sys.exit(code)
+
+
+def parse_flags(argv):
+  """absl's parsing, with a bad flag, a config file that does not load or an unknown config key
+  reported in one line instead of a traceback."""
+  try:
+    rest = FLAGS(argv)
+    FLAGS.config.get('name')  # raises here if the file did not load
+    return rest
+  except (flags.Error, KeyError, AttributeError, OSError, ValueError, TypeError) as e:
+    text = str(e.args[0] if e.args else e)
+    if isinstance(e, (KeyError, AttributeError)):  # an unknown key in a --config.* override
+      key = re.search(r"'([^'\\]+)", text)
+      hint = re.search(r'Did you mean .*?\?', text)
+      text = (f'unknown config key {key.group(1) if key else text!r}'
+              f'{" (" + hint.group(0) + ")" if hint else ""}: every key is listed in '
+              'configs/seresnet.py')
+    elif isinstance(e, OSError):
+      text = (f'--config {config_flags.get_config_filename(FLAGS["config"])} could not be '
+              'loaded: give the path of a config file such as configs/seresnet.py')
+    fail(text)
+
+
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  logging.set_verbosity(logging.WARNING)
-  from flax_seresnet import parallel, train  # jax starts here, after flags are parsed
+    fail(f'unexpected arguments: {argv[1:]}')
+  # Plain one-line messages on stderr: the start line, compilation, epochs, the summary.
+  logging.set_verbosity(logging.INFO)
+  handler = logging.get_absl_handler()
+  handler.setFormatter(std_logging.Formatter('%(message)s'))
+  # Libraries (orbax above all) log through absl too: show only their errors.
+  handler.addFilter(lambda record: record.levelno >= std_logging.ERROR or any(
+      part in record.pathname for part in ('flax_seresnet', 'input_pipeline', 'main.py')))
+  from flax_seresnet import config as config_lib, parallel, train  # jax starts here
   from flax_seresnet.errors import ConfigError, UserError
-
   config = FLAGS.config
-  # Mistakes in the input get one line; anything else (a bug) keeps its traceback.
-  user_errors = (UserError, FileNotFoundError)
   try:
+    config_lib.validate(config)
     parallel.maybe_initialize_distributed(config.distributed)
     if FLAGS.mode == 'train':
       if not FLAGS.workdir:
         raise ConfigError('--workdir is required for training.')
-      train.train_and_evaluate(config, FLAGS.workdir)  # ends by printing its summary line
+      train.train_and_evaluate(config, FLAGS.workdir)  # ends by logging its summary line
     elif FLAGS.mode == 'eval':
       accuracy = train.evaluate(config, FLAGS.workdir, FLAGS.checkpoint, FLAGS.torch_checkpoint)
-      print(f'test_accuracy={accuracy:.2f}', flush=True)
+      logging.info('test_accuracy=%.2f', accuracy)
     else:
       if not FLAGS.input or not FLAGS.output:
         raise ConfigError('--mode predict needs --input PKL and --output CSV.')
       rows = train.predict(config, FLAGS.input, FLAGS.output, FLAGS.workdir, FLAGS.checkpoint,
                            FLAGS.torch_checkpoint)
-      print(f'wrote {rows} predictions to {FLAGS.output}', flush=True)
-  except user_errors as e:
-    print(f'error: {e}', file=sys.stderr, flush=True)
-    sys.exit(getattr(e, 'exit_code', 2))
+      logging.info('wrote %d predictions to %s', rows, FLAGS.output)
+  except UserError as e:
+    fail(e, e.exit_code)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

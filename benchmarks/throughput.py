@@ -52,33 +52,29 @@ def jax_trainer(dtype: str, batch_size: int, augment: bool = True, dataset: str 
 
 def jax_step_throughput(trainer, warmup: int, steps: int, repeats: int) -> dict:
   """Median images/s of the compiled train step, called back to back on one batch."""
-  state = trainer.dp.replicate(trainer.host_state)
+  trainer.compile()
   batch = trainer.config.batch_size
-  idx = trainer._batch_indices(np.arange(batch, dtype=np.int32))
-  t0 = time.perf_counter()
-  step = trainer._compiled_step('train', trainer._train_step, state, trainer.train_dev, idx,
-                                trainer.key_dev)
-  compile_s = time.perf_counter() - t0
+  indices = trainer.dp.shard(np.arange(batch, dtype=np.int32))
   for _ in range(warmup):
-    state, _ = step(state, trainer.train_dev, idx, trainer.key_dev)
-  jax.block_until_ready(state)
+    trainer.train_step(indices)
+  jax.block_until_ready(trainer.state)
   windows = []
   for _ in range(repeats):
     t0 = time.perf_counter()
     for _ in range(steps):
-      state, _ = step(state, trainer.train_dev, idx, trainer.key_dev)
-    jax.block_until_ready(state)
+      trainer.train_step(indices)
+    jax.block_until_ready(trainer.state)
     windows.append(time.perf_counter() - t0)
-  return {'img_per_s': batch * steps / statistics.median(windows), 'compile_s': compile_s,
-          'state': state}
+  return {'img_per_s': batch * steps / statistics.median(windows),
+          'compile_s': trainer.compile_s}
 
 
-def jax_epoch_throughput(trainer, state) -> float:
-  """Images/s of Trainer.train_epoch (planning, index transfer, progress bar) after a warm-up
-  epoch, excluding evaluation."""
-  trainer.compile_all(state)
-  state, _, _, _ = trainer.train_epoch(state, 0)
-  state, _, seconds, images = trainer.train_epoch(state, 1)
+def jax_epoch_throughput(trainer) -> float:
+  """Images/s of Trainer.train_epoch (batch planning, index transfer, progress bar) after a
+  warm-up epoch, excluding evaluation."""
+  trainer.compile()
+  trainer.train_epoch(0)
+  _, seconds, images = trainer.train_epoch(1)
   return images / seconds
 
 
@@ -132,7 +128,7 @@ def main():
       if spec == args.epoch_loop_row:
         looped = jax_trainer(dtype, int(batch), dataset=args.dataset, data_dir=args.data_dir,
                              small=args.small, progress_bar=True)
-        loop_img_s = jax_epoch_throughput(looped, result['state'])
+        loop_img_s = jax_epoch_throughput(looped)
         row('jax', f'epoch loop {dtype} (+progress bar)', int(batch), loop_img_s,
             f"{100 * loop_img_s / result['img_per_s']:.1f}% of the bare step")
       del result

@@ -1,5 +1,9 @@
 """The published recipe: SE-ResNet [4, 4, 3], SGD 0.1 / 0.9 / 5e-4, cosine over 200 epochs.
 
+The original hard-codes CosineAnnealingLR(T_max=200) whatever the number of epochs; here the
+horizon follows num_epochs unless cosine_epochs is set (cosine_epochs=200 is the original's
+schedule for a run cut short).
+
 Every key is documented here once; the other configs start from this one and change a few keys.
 """
 import ml_collections
@@ -18,14 +22,18 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.se_position = 'stem'               # 'stem' (published), 'blocks' or 'none'
   config.model.se_reduction = 16                  # 64 channels -> 4 in the published SE block
   config.model.preact = False                     # pre-activation blocks instead of post-activation
-  config.model.dropout = 0.0                      # before the classifier
+  config.model.dropout = 0.0                      # after every residual block and before the
+                                                  # classifier, as the original's `drop`
+  config.model.avg_pool_kernel_size = 8           # the paper's P: avg_pool2d(out, P) before the
+                                                  # classifier (8: global on the final 8x8 map)
   config.model.num_classes = 10
   config.model.dtype = 'float32'                  # compute dtype: 'float32' or 'bfloat16'
 
   # --- Data.
   config.dataset = 'cifar10'        # 'cifar10' (the pickled python batches) or 'tfds'
-  config.data_dir = '../shared/data/cifar-10-batches-py'
-  config.download = False           # download the official tarball when data_dir is missing
+  config.data_dir = ''              # '': $CIFAR10_DATA_DIR, else ~/.cache/flax-seresnet/
+                                    # cifar-10-batches-py (downloaded and verified if missing)
+  config.download = False           # also download into a data_dir given here when it is missing
   config.train_subset = 0           # use only the first N training images (0: all)
   config.test_subset = 0            # evaluate on the first N test images only (0: all)
   config.tfds_data_dir = ''         # dataset='tfds': tfds' data folder ('': its default)
@@ -45,6 +53,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.weight_decay = 5e-4        # coupled, added to the gradient as torch.optim.SGD does
   config.schedule = 'cosine'        # 'cosine', 'onecycle' or 'constant'
   config.schedule_per_step = False  # cosine: False steps once per epoch like CosineAnnealingLR
+  config.cosine_epochs = 0          # cosine T_max in epochs; 0: num_epochs (the original: 200)
   config.warmup_epochs = 0.0        # linear warmup from 0 (cosine and constant only)
   config.onecycle = ml_collections.ConfigDict()
   config.onecycle.pct_start = 0.3
@@ -60,7 +69,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   # --- Evaluation.
   config.eval_flip_tta = False      # also average the logits of the mirrored test images
-  config.eval_every_epochs = 1
+  config.eval_every_epochs = 1      # 0: only at the end of the run
 
   # --- Devices.
   config.parallel = 'jit'           # 'jit' (mesh + NamedSharding) or 'pmap'

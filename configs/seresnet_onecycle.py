@@ -1,4 +1,10 @@
-"""The published network with the paper's one-cycle schedule and global-norm clipping."""
+"""The published network with a one-cycle schedule and global-norm clipping.
+
+The paper's text mentions a one-cycle schedule and "clipping 0.1" only in general terms; its code
+uses neither (it clips each gradient element at 0.1, configs/seresnet.py). The settings below
+(torch's OneCycleLR defaults with max_lr 0.1, gradient norm clipped at 1.0) are this project's
+reading, not the paper's: no one-cycle result of the paper can be reproduced from its text.
+"""
 from configs import seresnet
 
 

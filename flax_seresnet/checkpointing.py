@@ -1,117 +1,170 @@
-"""Orbax checkpoints: the last K epochs and the best by test accuracy, with exact resume.
+"""A workdir's checkpoints: one orbax CheckpointManager keeping the last K epochs and the best.
 
-Layout under the workdir:
-  checkpoints/<epoch>/{state, meta}   the last `keep_checkpoints` saves
-  best/<epoch>/{state, meta}          the save with the highest test accuracy
-`state` is the whole TrainState as host arrays (step, params, batch_stats, opt_state, EMA);
-`meta` is JSON: epoch, the run's seed and RNG key data, the config, the metric history.
-Orbax writes each save into a temporary folder and renames it when complete, so a process
-killed mid-save leaves the previous checkpoints intact and the half-written one ignored.
+Each save `<workdir>/checkpoints/<epoch>/` holds the items `model` (params, batch_stats and the
+EMA when kept: all that inference restores), `train` (step and optimizer state: what resuming
+adds) and `meta` (JSON: epoch, config, metric history, and a SHA-256 of each item). Orbax
+writes into a temporary folder and renames it when complete, so a kill mid-save leaves the older
+saves intact. A restore checks the checksums and the epoch, and falls back to the newest intact
+save with a one-line warning. A state with NaN or infinite values is never written.
 """
+import errno
+import fcntl
+import hashlib
 import json
 import os
-from typing import Any, Dict, Optional, Tuple
 
+import flax
+import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
+from orbax.checkpoint import checkpoint_managers as policies
 
-# Settings a run may change when it resumes: they do not affect the numbers it computes.
-RESUMABLE_CHANGES = (
-    'data_dir', 'download', 'progress_bar', 'eval_every_epochs', 'checkpoint_every_epochs',
-    'keep_checkpoints', 'distributed', 'parallel', 'eval_batch_size', 'name', 'tfds_data_dir',
-    'max_epochs_this_run', 'test_subset',
-)
+from flax_seresnet.errors import CheckpointError, TrainingDiverged, UserError, one_line
 
-
-from flax_seresnet.errors import CheckpointError as IncompatibleCheckpointError
-
-
-def _manager(directory: str, keep: int, best: bool) -> ocp.CheckpointManager:
-  options = ocp.CheckpointManagerOptions(
-      max_to_keep=keep, create=True, enable_async_checkpointing=False,
-      best_fn=(lambda metrics: metrics['test_accuracy']) if best else None,
-      best_mode='max')
-  return ocp.CheckpointManager(os.path.abspath(directory), options=options)
+# Settings a run may change when it resumes: they do not change the numbers training computes.
+RESUMABLE_CHANGES = ('data_dir', 'download', 'progress_bar', 'eval_every_epochs',
+                     'checkpoint_every_epochs', 'keep_checkpoints', 'distributed', 'parallel',
+                     'eval_batch_size', 'name', 'tfds_data_dir', 'max_epochs_this_run',
+                     'test_subset', 'eval_flip_tta')
 
 
-class Checkpointer:
-  """Saves and restores training state in `workdir`."""
+def digest(tree) -> str:
+  """SHA-256 of a pytree's leaves (paths, dtypes, shapes and bytes)."""
+  sha = hashlib.sha256()
+  for path, leaf in sorted(flax.traverse_util.flatten_dict(tree, sep='/').items()):
+    leaf = np.ascontiguousarray(leaf)
+    sha.update(f'{path}:{leaf.dtype}:{leaf.shape}'.encode())
+    sha.update(leaf.tobytes())
+  return sha.hexdigest()
 
-  def __init__(self, workdir: str, keep: int = 3):
-    self.latest = _manager(os.path.join(workdir, 'checkpoints'), max(keep, 1), best=False)
-    self.best = _manager(os.path.join(workdir, 'best'), 1, best=True)
 
-  def save(self, epoch: int, host_state: Any, meta: Dict[str, Any], latest: bool = True,
-           best_metric: Optional[float] = None) -> None:
-    """Saves `host_state` (a NumPy pytree) for `epoch` among the latest saves and/or, given
-    its test accuracy `best_metric`, as the best one."""
-    def args():
-      return ocp.args.Composite(state=ocp.args.StandardSave(host_state),
-                                meta=ocp.args.JsonSave(meta))
-    if latest:
-      self.latest.save(epoch, args=args(), force=True)
-    if best_metric is not None:
-      self.best.save(epoch, args=args(), metrics={'test_accuracy': float(best_metric)},
-                     force=True)
-    self.latest.wait_until_finished()
-    self.best.wait_until_finished()
+def _finite(tree) -> bool:
+  return all(np.all(np.isfinite(x)) for x in flax.traverse_util.flatten_dict(tree).values()
+             if np.issubdtype(np.asarray(x).dtype, np.floating))
 
-  def latest_epoch(self, which: str = 'latest') -> Optional[int]:
-    manager = self._which(which)
-    return manager.best_step() if which == 'best' else manager.latest_step()
 
-  def restore(self, abstract_state: Any, which: str = 'latest',
-              epoch: Optional[int] = None) -> Tuple[Any, Dict[str, Any]]:
-    """(host_state, meta) of a save; `abstract_state` gives the tree structure and shapes."""
-    manager = self._which(which)
-    if epoch is None:
-      epoch = self.latest_epoch(which)
-    if epoch is None:
-      raise FileNotFoundError(f'no {which} checkpoint in {manager.directory}.')
-    restored = manager.restore(epoch, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
-    return restored['state'], restored['meta']
+def _os_error(e: BaseException):
+  while e is not None and not isinstance(e, OSError):
+    e = e.__cause__ or e.__context__
+  return e
 
-  def restore_meta(self, which: str = 'latest') -> Optional[Dict[str, Any]]:
-    manager = self._which(which)
-    epoch = self.latest_epoch(which)
-    if epoch is None:
-      return None
-    return manager.restore(epoch, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
 
-  def _which(self, which: str) -> ocp.CheckpointManager:
-    if which not in ('latest', 'best'):
-      raise ValueError(f"checkpoint choice {which!r} is not 'latest' or 'best'.")
-    return self.latest if which == 'latest' else self.best
+class Checkpoints:
+  """Saves and restores host-array items of one workdir."""
+
+  def __init__(self, workdir: str, keep: int = 3, read_only: bool = False):
+    self.directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
+    accuracy = lambda metrics: metrics['test_accuracy']
+    options = ocp.CheckpointManagerOptions(
+        best_fn=accuracy, best_mode='max', read_only=read_only, create=not read_only,
+        enable_async_checkpointing=False, cleanup_tmp_directories=not read_only,
+        preservation_policy=policies.AnyPreservationPolicy([
+            policies.LatestN(keep),
+            policies.BestN(get_metric_fn=accuracy, n=1, keep_checkpoints_without_metrics=False)]))
+    self._manager = ocp.CheckpointManager(self.directory, options=options)
+    self._damaged = set()  # epochs found damaged, skipped (and reported) once
+
+  def epochs(self) -> list:
+    return sorted(self._manager.all_steps())
+
+  def save(self, epoch: int, items: dict, meta: dict, test_accuracy=None) -> None:
+    """Saves host pytrees `items` for `epoch`; `test_accuracy` ranks it for 'best'."""
+    if not all(_finite(tree) for tree in items.values()):
+      kept = self.epochs()
+      raise TrainingDiverged(
+          f'the state after epoch {epoch} holds NaN or infinite values, so it was not saved; '
+          f'{f"epoch {kept[-1]} is the last good checkpoint in {self.directory}" if kept else "no checkpoint was kept"}. '
+          'Lower config.learning_rate or clip the gradients (config.grad_clip).')
+    meta = dict(meta, epoch=epoch, checksums={name: digest(t) for name, t in items.items()})
+    args = {name: ocp.args.StandardSave(tree) for name, tree in items.items()}
+    try:
+      self._manager.save(epoch, args=ocp.args.Composite(meta=ocp.args.JsonSave(meta), **args),
+                         metrics=None if test_accuracy is None else
+                         {'test_accuracy': float(test_accuracy)}, force=True)
+      self._manager.wait_until_finished()
+    except Exception as e:  # orbax wraps I/O errors in several types
+      cause = _os_error(e)
+      if cause is None:
+        raise
+      raise CheckpointError(
+          f'could not write the checkpoint of epoch {epoch} to {self.directory} '
+          f'({cause.strerror or one_line(cause)}): free some space or use another --workdir; the '
+          f'earlier checkpoints (epochs {self.epochs()}) are intact.') from None
+
+  def restore(self, templates: dict, which: str = 'latest'):
+    """(items like `templates`, meta) of the newest intact save ('latest'), or of the best by
+    test accuracy ('best'). Damaged saves are skipped with a warning."""
+    candidates = self.epochs()[::-1]
+    if which == 'best' and self._manager.best_step() is not None:
+      candidates.remove(self._manager.best_step())
+      candidates.insert(0, self._manager.best_step())
+    for epoch in [e for e in candidates if e not in self._damaged]:
+      try:
+        restored = self._manager.restore(epoch, args=ocp.args.Composite(
+            meta=ocp.args.JsonRestore(), **{name: ocp.args.StandardRestore(template)
+                                            for name, template in templates.items()}))
+        meta = restored['meta']
+        if meta.get('epoch') != epoch:
+          raise ValueError(f'its metadata says epoch {meta.get("epoch")}')
+        for name in templates:
+          if digest(restored[name]) != meta['checksums'][name]:
+            raise ValueError(f'the checksum of its {name!r} item does not match')
+        return {name: restored[name] for name in templates}, meta
+      except Exception as e:  # a damaged save surfaces as many exception types
+        self._damaged.add(epoch)
+        logging.warning('checkpoint %s/%d is damaged and skipped (%s).', self.directory, epoch,
+                        one_line(e)[:300])
+    raise CheckpointError(
+        f'no intact checkpoint in {self.directory}'
+        f'{f" (damaged: epochs {candidates})" if candidates else ""}: train first, or use '
+        'another --workdir or --torch_checkpoint.')
 
   def close(self):
-    self.latest.close()
-    self.best.close()
+    self._manager.close()
 
 
-def config_differences(saved: Dict[str, Any], current: Dict[str, Any], prefix: str = '') -> list:
-  """Keys whose values differ between two config dicts, except RESUMABLE_CHANGES."""
-  diffs = []
-  for key in sorted(set(saved) | set(current)):
-    if not prefix and key in RESUMABLE_CHANGES:
-      continue
-    a, b = saved.get(key, '<absent>'), current.get(key, '<absent>')
-    if isinstance(a, dict) and isinstance(b, dict):
-      diffs += config_differences(a, b, prefix + key + '.')
-    elif _normalise(a) != _normalise(b):
-      diffs.append(f'{prefix}{key}: saved {a!r}, now {b!r}')
-  return diffs
-
-
-def _normalise(value):
-  # JSON turns tuples into lists; compare them as equal.
-  return json.loads(json.dumps(value)) if isinstance(value, (tuple, list)) else value
-
-
-def check_compatible(saved_config: Dict[str, Any], current_config: Dict[str, Any],
-                     workdir: str) -> None:
-  diffs = config_differences(saved_config, current_config)
+def check_compatible(saved: dict, current: dict, workdir: str) -> None:
+  """Refuses to resume a run whose config differs where it changes the numbers."""
+  def differences(a, b, prefix=''):
+    for key in sorted(set(a) | set(b)):
+      if prefix or key not in RESUMABLE_CHANGES:
+        x, y = a.get(key, '<absent>'), b.get(key, '<absent>')
+        if isinstance(x, dict) and isinstance(y, dict):
+          yield from differences(x, y, f'{prefix}{key}.')
+        elif json.loads(json.dumps(x)) != json.loads(json.dumps(y)):  # tuples vs JSON lists
+          yield f'{prefix}{key}: saved {x!r}, now {y!r}'
+  diffs = list(differences(saved, current))
   if diffs:
-    raise IncompatibleCheckpointError(
-        f'{workdir} holds a run with another config ({"; ".join(diffs[:3])}'
-        f'{"; ..." if len(diffs) > 3 else ""}): resume with the same config or use a new '
-        '--workdir.')
+    raise CheckpointError(f'{workdir} holds a run with another config ({"; ".join(diffs[:3])}'
+                          f'{"; ..." if len(diffs) > 3 else ""}): resume with the same config or '
+                          'use a new --workdir.')
+
+
+class WorkdirLock:
+  """One workdir, one trainer: an exclusive flock on <workdir>/.lock. The kernel releases it
+  when its holder dies, so the stale lock of a dead process is simply taken over."""
+
+  def __init__(self, workdir: str):
+    self.path = os.path.join(workdir, '.lock')
+    try:
+      os.makedirs(workdir, exist_ok=True)
+      self._file = open(self.path, 'a+')
+    except OSError as e:
+      raise UserError(f'--workdir {workdir} cannot be written ({e.strerror}): choose another '
+                      'folder.') from None
+    try:
+      fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+      if e.errno not in (errno.EAGAIN, errno.EACCES):
+        raise
+      self._file.seek(0)
+      holder = self._file.read().strip() or 'unknown'
+      self._file.close()
+      raise UserError(f'--workdir {workdir} is in use by another trainer (pid {holder}): wait '
+                      'for it to finish, or use another --workdir.') from None
+    self._file.truncate(0)
+    self._file.write(str(os.getpid()))
+    self._file.flush()
+
+  def release(self):
+    self._file.close()  # closing releases the flock

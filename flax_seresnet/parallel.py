@@ -1,157 +1,108 @@
-"""Data parallelism over every device of every process, in two forms of one step function.
+"""Data parallelism over every device of every process: places the pure steps of `steps.py`.
 
-- 'jit' (default): a 1-D device mesh ('data'), the state and dataset replicated with
-  NamedSharding, each batch sharded along its first axis. XLA inserts the gradient all-reduce
-  and, because BatchNorm's mean runs over the whole (sharded) batch, synchronised statistics.
-  Per-device statistics (like torch DataParallel) split the batch into one group per device.
-- 'pmap': the same step under jax.pmap with axis_name='batch': gradients are pmean-ed, BatchNorm
-  statistics are pmean-ed over the axis (synchronised) or kept per device.
-
-Multi-host: every process holds the whole (small) dataset on its devices, computes the same
-global batch plan, and feeds only its own slice (input_pipeline.process_slice).
+- 'jit' (default): a 1-D mesh ('data'); state and dataset replicated (NamedSharding), batch
+  indices sharded along their axis. XLA adds the gradient all-reduce, and BatchNorm's batch mean
+  spans the whole sharded batch (synchronised statistics); per-device statistics (like torch's
+  DataParallel) split the batch into one group per device.
+- 'pmap': the same steps under jax.pmap with axis_name 'batch' (gradients pmean-ed; BatchNorm
+  statistics pmean-ed over the axis, or per device).
+Multi-host: every process holds the whole (small) dataset on its devices, plans the same global
+batches, and feeds only its own slice.
 """
+import functools
 import os
-from typing import Any, Callable, Dict, Optional
 
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+import input_pipeline
 from flax_seresnet.errors import ConfigError
 
-PARALLEL_MODES = ('jit', 'pmap')
 PMAP_AXIS = 'batch'
 
 
 def maybe_initialize_distributed(dist_config) -> bool:
-  """Starts jax.distributed when the config or the environment asks for several processes.
+  """Starts jax.distributed when config.distributed or the environment asks for it.
 
-  config.distributed.initialize: 'no' never, 'yes' always (JAX then detects SLURM, Open MPI or
-  its own JAX_COORDINATOR_ADDRESS/JAX_NUM_PROCESSES/JAX_PROCESS_ID variables), 'auto' when an
-  address or a process count is given in the config or those environment variables, or when
-  SLURM runs more than one task.
+  'no' never; 'yes' always (JAX then reads SLURM, Open MPI or JAX_COORDINATOR_ADDRESS /
+  JAX_NUM_PROCESSES / JAX_PROCESS_ID); 'auto' when an address or several processes are given in
+  the config or the environment, or when SLURM runs several tasks.
   """
-  mode = dist_config.initialize
-  if mode not in ('auto', 'yes', 'no'):
-    raise ConfigError(f"config.distributed.initialize={mode!r} is not one of 'auto', 'yes', 'no'.")
   address = dist_config.coordinator_address or None
   num_processes = dist_config.num_processes or None
-  process_id = dist_config.process_id if dist_config.process_id >= 0 else None
-  if mode == 'no':
+  if dist_config.initialize == 'no' or (dist_config.initialize == 'auto' and not (
+      address or (num_processes or 0) > 1 or 'JAX_COORDINATOR_ADDRESS' in os.environ
+      or int(os.environ.get('SLURM_NTASKS', '1')) > 1)):
     return False
-  if mode == 'auto':
-    from_env = ('JAX_COORDINATOR_ADDRESS' in os.environ
-                or int(os.environ.get('SLURM_NTASKS', '1')) > 1)
-    if not (address or (num_processes or 0) > 1 or from_env):
-      return False
-  jax.distributed.initialize(coordinator_address=address, num_processes=num_processes,
-                             process_id=process_id)
+  jax.distributed.initialize(
+      coordinator_address=address, num_processes=num_processes,
+      process_id=dist_config.process_id if dist_config.process_id >= 0 else None)
   return True
 
 
 class DataParallel:
-  """Places arrays on the devices and compiles step functions for one parallel mode."""
+  """Chooses the devices, places arrays on them and compiles steps for one parallel mode."""
 
-  def __init__(self, mode: str = 'jit', sync_batch_stats: bool = True, num_devices: int = 0):
-    if mode not in PARALLEL_MODES:
-      raise ConfigError(f'config.parallel={mode!r} is not one of {PARALLEL_MODES}.')
-    self.mode = mode
-    self.sync_batch_stats = sync_batch_stats
+  def __init__(self, config):
+    self.mode, self.sync_batch_stats = config.parallel, config.sync_batch_stats
     devices = jax.devices()
-    if num_devices:
-      if jax.process_count() > 1 or num_devices > len(devices):
-        raise ConfigError(f'config.num_devices={num_devices}: this process sees '
-                         f'{len(devices)} devices in {jax.process_count()} process(es); use 0 '
-                         '(all) or at most the local device count with one process.')
-      devices = devices[:num_devices]
-    self.devices = devices
-    self.num_devices = len(devices)
-    self.local_devices = [d for d in devices if d.process_index == jax.process_index()]
-    if mode == 'jit':
-      self.mesh = Mesh(np.array(devices), ('data',))
-      self.replicated = NamedSharding(self.mesh, P())
-      self.sharded = NamedSharding(self.mesh, P('data'))
+    if config.num_devices > len(devices):
+      raise ConfigError(f'config.num_devices={config.num_devices}: this process sees '
+                        f'{len(devices)} devices; use 0 (all) or at most {len(devices)}.')
+    self.devices = devices[:config.num_devices or len(devices)]
+    self.num_devices = len(self.devices)
+    self.local_devices = [d for d in self.devices if d.process_index == jax.process_index()]
+    self.mesh = Mesh(np.array(self.devices), ('data' if self.mode == 'jit' else PMAP_AXIS,))
+    self.replicated = NamedSharding(self.mesh, P())
+    self.sharded = NamedSharding(self.mesh, P(self.mesh.axis_names[0]))
 
-  # --- The model and the step ----------------------------------------------------------------
-  def model_overrides(self) -> Dict[str, Any]:
+  def model_overrides(self) -> dict:
     """SEResNet fields for this mode's BatchNorm statistics."""
     if self.mode == 'pmap':
       return {'bn_axis_name': PMAP_AXIS} if self.sync_batch_stats else {}
     return {} if self.sync_batch_stats else {'bn_groups': self.num_devices}
 
-  @property
-  def axis_name(self) -> Optional[str]:
-    return PMAP_AXIS if self.mode == 'pmap' else None
-
-  def compile_train_step(self, step_fn: Callable) -> Callable:
-    """(state, data, indices, key) -> (state, metrics), gathering the batch on the device.
-
-    `data` is {'images', 'labels'} held on the devices; `indices` are the batch's dataset
-    indices. Gathering inside the step keeps the data on the device and costs one dispatch.
-    """
-    def gather_and_step(state, data, indices, key):
-      batch = {'images': data['images'][indices], 'labels': data['labels'][indices],
-               'ids': indices}
-      if self.mode == 'jit':
-        batch = jax.lax.with_sharding_constraint(batch, self.sharded)
-      return step_fn(state, batch, key, axis_name=self.axis_name)
-
+  def _compile(self, step_fn, donate, out_shardings):
     if self.mode == 'pmap':
-      return jax.pmap(gather_and_step, axis_name=PMAP_AXIS, in_axes=(0, 0, 0, None),
-                      donate_argnums=(0,), devices=self._pmap_devices())
-    return jax.jit(gather_and_step, donate_argnums=(0,),
-                   out_shardings=(self.replicated, self.replicated))
+      # pmap's devices= is for one process; with several, it maps over all of them itself.
+      return jax.pmap(functools.partial(step_fn, axis_name=PMAP_AXIS), axis_name=PMAP_AXIS,
+                      donate_argnums=donate,
+                      devices=self.devices if jax.process_count() == 1 else None)
+    return jax.jit(step_fn, donate_argnums=donate, out_shardings=out_shardings)
 
-  def compile_eval_step(self, step_fn: Callable) -> Callable:
-    """(variables, data, indices, mask) -> metric sums (or predictions), on device data."""
-    def gather_and_eval(variables, data, indices, mask):
-      batch = {'images': data['images'][indices], 'labels': data['labels'][indices],
-               'mask': mask}
-      if self.mode == 'jit':
-        batch = jax.lax.with_sharding_constraint(batch, self.sharded)
-      return step_fn(variables, batch, axis_name=self.axis_name)
+  def compile_train(self, step_fn):
+    """(state, data, indices, key_data) -> (state, metric sums); the state is donated."""
+    return self._compile(step_fn, (0,), self.replicated)
 
-    if self.mode == 'pmap':
-      return jax.pmap(gather_and_eval, axis_name=PMAP_AXIS, devices=self._pmap_devices())
-    return jax.jit(gather_and_eval)
+  def compile_eval(self, step_fn):
+    """(variables, data, indices, mask) -> (metric sums, predictions)."""
+    return self._compile(step_fn, (), (self.replicated, self.sharded))
 
-  def _pmap_devices(self):
-    # pmap's devices= is for one process; with several, it maps over all of them itself.
-    return self.devices if jax.process_count() == 1 else None
-
-  # --- Placing arrays ------------------------------------------------------------------------
   def replicate(self, tree):
-    """A host (or single-device) pytree onto every device."""
-    if self.mode == 'pmap':
-      return jax.tree.map(lambda x: self._stack_on_local_devices(
-          [np.asarray(x)] * len(self.local_devices)), jax.device_get(tree))
-    return jax.tree.map(
-        lambda x: jax.make_array_from_callback(np.shape(x), self.replicated,
-                                               lambda idx, x=np.asarray(x): x[idx]),
-        jax.device_get(tree))
+    """A host pytree onto every device (for pmap: stacked along a leading device axis)."""
+    def put(x):
+      x = np.asarray(x)
+      if self.mode == 'pmap':
+        return self._stack([x] * len(self.local_devices))
+      return jax.make_array_from_callback(x.shape, self.replicated, lambda index: x[index])
+    return jax.tree.map(put, jax.device_get(tree))
 
-  def shard_batch(self, local_array: np.ndarray):
+  def shard(self, global_batch: np.ndarray):
     """This process's slice of a global batch, split over its local devices."""
+    local = input_pipeline.process_slice(global_batch, jax.process_index(), jax.process_count())
     if self.mode == 'pmap':
-      n = len(self.local_devices)
-      return self._stack_on_local_devices(list(local_array.reshape((n, -1) + local_array.shape[1:])))
-    return jax.make_array_from_process_local_data(self.sharded, local_array)
+      return self._stack(list(local.reshape((len(self.local_devices), -1) + local.shape[1:])))
+    return jax.make_array_from_process_local_data(self.sharded, local)
 
-  def _stack_on_local_devices(self, per_device):
-    """One array per local device, stacked along a leading device axis that spans every
-    process's devices, as pmap lays its inputs out (jax.device_put_replicated and
-    device_put_sharded are gone from JAX 0.10)."""
-    if not hasattr(self, '_pmap_sharding'):
-      mesh = Mesh(np.array(self.devices), (PMAP_AXIS,))
-      self._pmap_sharding = NamedSharding(mesh, P(PMAP_AXIS))
+  def _stack(self, per_device):
+    """One array per local device, stacked along a device axis spanning every process's
+    devices, as pmap lays out its inputs."""
     shards = [jax.device_put(x[None], d) for x, d in zip(per_device, self.local_devices)]
     shape = (self.num_devices,) + np.shape(per_device[0])
-    return jax.make_array_from_single_device_arrays(shape, self._pmap_sharding, shards)
+    return jax.make_array_from_single_device_arrays(shape, self.sharded, shards)
 
   def to_host(self, tree):
-    """Replicated device values as NumPy (one replica; every replica holds the same)."""
-    # Local reads only: indexing a global array would be a computation that every process
-    # must join, and only process 0 writes records.
-    if self.mode == 'pmap':
-      return jax.tree.map(lambda x: np.asarray(x.addressable_data(0))[0], tree)
-    return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)
+    """Replicated values as NumPy, read from a local replica (no cross-process computation)."""
+    first = (lambda x: x[0]) if self.mode == 'pmap' else (lambda x: x)
+    return jax.tree.map(lambda x: first(np.asarray(x.addressable_data(0))), tree)

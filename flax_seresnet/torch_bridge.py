@@ -6,8 +6,9 @@ The layout conversions (NCHW/OIHW in PyTorch, NHWC/HWIO in JAX) live here and no
   logits = SEResNet(**infer_model_config(sd)).apply(variables, images_nhwc, train=False)
   state_dict = to_torch_state_dict(variables)            # back to TorchSEResNet names
 
-Loading a file never runs code from it: torch.load(..., weights_only=True).
+Loading a file never runs code from it (input_pipeline.safe_pickle.load_torch_file).
 """
+import math
 import os
 import re
 from typing import Any, Dict, Mapping, Optional, Tuple, Union
@@ -17,61 +18,31 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from flax_seresnet.errors import CheckpointError
 from flax_seresnet.model import SEResNet, model_from_config
+from input_pipeline import safe_pickle
 
-# Flax module name -> PyTorch module name, for the names that differ beyond '_' vs '.'.
-_FLAX_TO_TORCH_MODULE = {'shortcut_conv': 'shortcut.0', 'shortcut_bn': 'shortcut.1'}
 # (collection, Flax leaf) -> PyTorch tensor name.
-_LEAF_NAMES = {
-    ('params', 'kernel'): 'weight',
-    ('params', 'bias'): 'bias',
-    ('params', 'scale'): 'weight',
-    ('batch_stats', 'mean'): 'running_mean',
-    ('batch_stats', 'var'): 'running_var',
-}
-_IGNORED_TORCH_SUFFIXES = ('num_batches_tracked',)
+_LEAF_NAMES = {('params', 'kernel'): 'weight', ('params', 'bias'): 'bias',
+               ('params', 'scale'): 'weight', ('batch_stats', 'mean'): 'running_mean',
+               ('batch_stats', 'var'): 'running_var'}
+# Axis orders by rank: conv kernel HWIO <-> OIHW; dense kernel (in, out) <-> (out, in). The
+# model flattens in PyTorch's (C, H, W) order, so a plain transpose maps the linear weight.
+_TO_TORCH = {4: (3, 2, 0, 1), 2: (1, 0)}
+_TO_FLAX = {4: (2, 3, 1, 0), 2: (1, 0)}
 
 
-from flax_seresnet.errors import CheckpointError as CheckpointMismatchError
-
-
-def _torch_module_name(flax_module: str) -> str:
-  if flax_module in _FLAX_TO_TORCH_MODULE:
-    return _FLAX_TO_TORCH_MODULE[flax_module]
-  match = re.fullmatch(r'residual_layers_(\d+)_(\d+)', flax_module)
-  if match:
-    return f'residual_layers.{match[1]}.{match[2]}'
-  return flax_module
+def _permute(value: np.ndarray, orders) -> np.ndarray:
+  return np.transpose(value, orders[value.ndim]) if value.ndim in orders else value
 
 
 def torch_key(collection: str, path: Tuple[str, ...]) -> str:
   """The state_dict key of the Flax variable `collection/path`."""
   *modules, leaf = path
-  names = [_torch_module_name(m) for m in modules]
+  names = [{'shortcut_conv': 'shortcut.0', 'shortcut_bn': 'shortcut.1'}.get(m, m) for m in modules]
+  names = [re.sub(r'^residual_layers_(\d+)_(\d+)$', r'residual_layers.\1.\2', m) for m in names]
   return '.'.join(names + [_LEAF_NAMES[(collection, leaf)]])
 
-
-def _to_torch_layout(value: np.ndarray) -> np.ndarray:
-  if value.ndim == 4:   # conv kernel HWIO -> OIHW
-    return np.transpose(value, (3, 2, 0, 1))
-  if value.ndim == 2:   # dense kernel (in, out) -> (out, in)
-    return value.T
-  return value
-
-
-def _to_flax_layout(value: np.ndarray) -> np.ndarray:
-  if value.ndim == 4:   # OIHW -> HWIO
-    return np.transpose(value, (2, 3, 1, 0))
-  if value.ndim == 2:
-    return value.T
-  return value
-
-
-def _torch_shape(flax_shape: Tuple[int, ...]) -> Tuple[int, ...]:
-  return tuple(_to_torch_layout(np.empty(flax_shape, np.uint8)).shape)
-
-
-# --- Reading checkpoints ------------------------------------------------------------------------
 
 def _as_numpy(value) -> np.ndarray:
   # Always copy: jnp.asarray may alias a NumPy buffer on the CPU, and torch updates its
@@ -87,71 +58,52 @@ def read_state_dict(source: Union[str, os.PathLike, Mapping[str, Any]]) -> Dict[
   ({'net': state_dict, 'acc', 'epoch', 'config'}) or a plain state_dict. The DataParallel prefix
   'module.' is removed."""
   if isinstance(source, (str, os.PathLike)):
-    import torch  # only needed for files
-    path = os.fspath(source)
-    if not os.path.isfile(path):
-      raise FileNotFoundError(f'{path}: no such PyTorch checkpoint file.')
-    try:
-      source = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e:  # pickle errors, refused globals, truncated zip files
-      first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-      raise CheckpointMismatchError(
-          f'{path}: not a loadable PyTorch checkpoint with weights_only=True ({first}).') from e
+    source = safe_pickle.load_torch_file(source)  # runs no code from the file
   if not isinstance(source, Mapping):
-    raise CheckpointMismatchError(
+    raise CheckpointError(
         f'expected a state_dict or a checkpoint dict, got {type(source).__name__}.')
   for wrapper in ('net', 'state_dict', 'model'):
-    if wrapper in source and isinstance(source[wrapper], Mapping):
+    if isinstance(source.get(wrapper), Mapping):
       source = source[wrapper]
       break
-  state = {}
-  for key, value in source.items():
-    key = key[len('module.'):] if key.startswith('module.') else key
-    state[key] = value
-  return {k: _as_numpy(v) for k, v in state.items()}
+  return {k.removeprefix('module.'): _as_numpy(v) for k, v in source.items()}
 
 
 def infer_model_config(state_dict: Mapping[str, Any]) -> Dict[str, Any]:
-  """The SEResNet fields a state_dict was made with (dropout cannot be seen in weights: 0)."""
-  sd = {k[len('module.'):] if k.startswith('module.') else k: v for k, v in state_dict.items()}
+  """The SEResNet fields a state_dict was made with (for 32x32 inputs).
+
+  Dropout cannot be seen in weights: 0. Several P give the same linear width (P = 5..8 all pool
+  an 8x8 map to 1x1): P = map // s is chosen, s being the pooled side.
+  """
+  sd = {k.removeprefix('module.'): v for k, v in state_dict.items()}
   blocks: Dict[int, int] = {}
   for key in sd:
-    match = re.match(r'residual_layers\.(\d+)\.(\d+)\.', key)
-    if match:
-      stage, block = int(match[1]), int(match[2])
-      blocks[stage] = max(blocks.get(stage, 0), block + 1)
+    if match := re.match(r'residual_layers\.(\d+)\.(\d+)\.', key):
+      blocks[int(match[1])] = max(blocks.get(int(match[1]), 0), int(match[2]) + 1)
   if not blocks or 'linear.weight' not in sd:
-    raise CheckpointMismatchError(
-        'not an SE-ResNet state_dict: expected keys residual_layers.{stage}.{block}.* and '
-        'linear.weight.')
+    raise CheckpointError('not an SE-ResNet state_dict: expected keys '
+                          'residual_layers.{stage}.{block}.* and linear.weight.')
   stages = range(len(blocks))
-  shape = lambda k: tuple(np.shape(sd[k]))
+  shape = lambda k: tuple(np.shape(sd[k])) if k in sd else (1,)  # no shortcut conv: size 1
+  widths = tuple(shape(f'residual_layers.{s}.0.conv1.weight')[0] for s in stages)
+  final_map = max(32 >> (len(blocks) - 1), 1)  # the last map side for 32x32 inputs
+  side = min(max(math.isqrt(shape('linear.weight')[1] // widths[-1]), 1), final_map)
   config: Dict[str, Any] = {
       'stage_blocks': tuple(blocks[s] for s in stages),
-      'widths': tuple(shape(f'residual_layers.{s}.0.conv1.weight')[0] for s in stages),
+      'widths': widths,
       'kernel_sizes': tuple(shape(f'residual_layers.{s}.0.conv1.weight')[-1] for s in stages),
-      'shortcut_kernel_sizes': tuple(
-          shape(f'residual_layers.{s}.0.shortcut.0.weight')[-1]
-          if f'residual_layers.{s}.0.shortcut.0.weight' in sd else 1 for s in stages),
+      'shortcut_kernel_sizes': tuple(shape(f'residual_layers.{s}.0.shortcut.0.weight')[-1]
+                                     for s in stages),
       'preact': 'bn_final.weight' in sd,
+      'avg_pool_kernel_size': final_map // side,  # a bad width fails the shape check on load
       'num_classes': shape('linear.weight')[0],
+      'se_position': 'none',
   }
-  if 'seblock.conv1.weight' in sd:
-    hidden, channels = shape('seblock.conv1.weight')[:2]
-    config.update(se_position='stem', se_reduction=max(channels // hidden, 1))
-  elif 'residual_layers.0.0.se.conv1.weight' in sd:
-    hidden, channels = shape('residual_layers.0.0.se.conv1.weight')[:2]
-    config.update(se_position='blocks', se_reduction=max(channels // hidden, 1))
-  else:
-    config['se_position'] = 'none'
+  for prefix, position in (('seblock', 'stem'), ('residual_layers.0.0.se', 'blocks')):
+    if f'{prefix}.conv1.weight' in sd:
+      hidden, channels = shape(f'{prefix}.conv1.weight')[:2]
+      config.update(se_position=position, se_reduction=max(channels // hidden, 1))
   return config
-
-
-# --- Conversions ---------------------------------------------------------------------------------
-
-def _expected_variables(model: SEResNet):
-  return jax.eval_shape(
-      lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False))
 
 
 def load_torch_checkpoint(source, model: Optional[Union[SEResNet, Mapping[str, Any]]] = None,
@@ -163,47 +115,42 @@ def load_torch_checkpoint(source, model: Optional[Union[SEResNet, Mapping[str, A
     model: the SEResNet (or a dict of its fields) to load into; inferred from the checkpoint's
       shapes when None.
   Raises:
-    CheckpointMismatchError naming the first missing, unexpected or misshapen key.
+    CheckpointError naming the first missing, unexpected or misshapen key.
   """
   state = read_state_dict(source)
   if model is None:
     model = SEResNet(**infer_model_config(state))
   elif not isinstance(model, SEResNet):
     model = model_from_config(model)
-  expected = flax.traverse_util.flatten_dict(flax.core.unfreeze(_expected_variables(model)))
-  used = set()
+  expected = jax.eval_shape(
+      lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False))
   flat = {}
-  for (collection, *path), spec in sorted(expected.items()):
+  for (collection, *path), spec in sorted(flax.traverse_util.flatten_dict(expected).items()):
     key = torch_key(collection, tuple(path))
-    want = _torch_shape(spec.shape)
+    want = _permute(np.empty(spec.shape, np.uint8), _TO_TORCH).shape
     if key not in state:
-      raise CheckpointMismatchError(
+      raise CheckpointError(
           f'checkpoint is missing {key!r} (expected shape {want}) for this SEResNet.')
-    value = state[key]
-    if tuple(value.shape) != want:
-      raise CheckpointMismatchError(
-          f'checkpoint key {key!r} has shape {tuple(value.shape)}, expected {want}.')
-    flat[(collection, *path)] = jnp.asarray(_to_flax_layout(value), dtype=spec.dtype)
-    used.add(key)
-  extra = sorted(k for k in state if k not in used and not k.endswith(_IGNORED_TORCH_SUFFIXES))
+    if state[key].shape != want:
+      raise CheckpointError(
+          f'checkpoint key {key!r} has shape {state[key].shape}, expected {want}.')
+    flat[(collection, *path)] = jnp.asarray(_permute(state.pop(key), _TO_FLAX), spec.dtype)
+  extra = sorted(k for k in state if not k.endswith('num_batches_tracked'))
   if extra:
-    raise CheckpointMismatchError(
-        f'checkpoint has key {extra[0]!r} that this SEResNet does not have '
-        f'({len(extra)} unexpected keys in all): other architecture?')
+    raise CheckpointError(f'checkpoint has key {extra[0]!r} that this SEResNet does not have '
+                          f'({len(extra)} unexpected keys in all): other architecture?')
   return flax.traverse_util.unflatten_dict(flat)
 
 
 def to_torch_state_dict(variables: Mapping[str, Any]) -> Dict[str, Any]:
   """A TorchSEResNet state_dict (torch tensors, float32) from Flax variables."""
   import torch
-  flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(dict(variables)))
   state = {}
-  for (collection, *path), value in flat.items():
-    if collection not in ('params', 'batch_stats'):
-      continue
-    array = np.asarray(jax.device_get(value), dtype=np.float32)
-    state[torch_key(collection, tuple(path))] = torch.from_numpy(
-        np.array(_to_torch_layout(array), order='C', copy=True))
-  for key in [k for k in state if k.endswith('.running_mean')]:
-    state[key[:-len('running_mean')] + 'num_batches_tracked'] = torch.tensor(0)
+  for (collection, *path), value in flax.traverse_util.flatten_dict(dict(variables)).items():
+    if collection in ('params', 'batch_stats'):
+      key = torch_key(collection, tuple(path))
+      array = _permute(np.asarray(jax.device_get(value), np.float32), _TO_TORCH)
+      state[key] = torch.from_numpy(np.array(array, order='C'))  # a copy: torch writes in place
+      if key.endswith('running_mean'):
+        state[key.removesuffix('running_mean') + 'num_batches_tracked'] = torch.tensor(0)
   return state

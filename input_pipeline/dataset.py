@@ -1,66 +1,70 @@
-"""Choosing and loading the dataset a training config asks for."""
+"""Choosing, finding and loading the dataset a training config asks for."""
+import os
+import pathlib
 from typing import Any
 
+from absl import logging
 import numpy as np
 
-from input_pipeline.cifar10 import Cifar10, load_cifar10
 from flax_seresnet.errors import DataError
+from input_pipeline.cifar10 import Cifar10, load_cifar10
+from input_pipeline.download import ARCHIVE_FOLDER, OFFICIAL_URL, download_cifar10
 from input_pipeline.tfds_source import load_cifar10_tfds
 
-DATASETS = ('cifar10', 'tfds', 'synthetic')
+ENV_VAR = 'CIFAR10_DATA_DIR'
 
 
 def synthetic_cifar10(num_train: int = 50000, num_test: int = 10000, seed: int = 0) -> Cifar10:
   """Random images and labels of CIFAR-10's shapes: for speed benchmarks, never for accuracy."""
   rng = np.random.default_rng(seed)
-  images = lambda n: rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
-  labels = lambda n: rng.integers(0, 10, (n,), dtype=np.int32)
-  return Cifar10(images(num_train), labels(num_train), images(num_test), labels(num_test))
+  return Cifar10(*(array for n in (num_train, num_test) for array in (
+      rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, n, np.int32))))
+
+
+def cifar10_dir(config: Any) -> pathlib.Path:
+  """The python batches' folder: config.data_dir, else $CIFAR10_DATA_DIR, else the user cache.
+
+  Downloads into a missing cache folder, and into a missing given one if config.download.
+  """
+  if config.data_dir:
+    folder, setting = config.data_dir, 'config.data_dir'
+  elif os.environ.get(ENV_VAR):
+    folder, setting = os.environ[ENV_VAR], f'${ENV_VAR}'
+  else:
+    cache = os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
+    folder, setting = os.path.join(cache, 'flax-seresnet', ARCHIVE_FOLDER), None
+  folder = pathlib.Path(folder).expanduser()
+  if folder.is_dir():
+    return folder
+  if folder.exists():
+    raise DataError(f'{setting or "the cache folder"}={folder} is a file: point '
+                    f'{setting or "config.data_dir"} at the folder of data_batch_1..5, test_batch')
+  if setting and not config.download:
+    raise DataError(f'{setting}={folder} does not exist: put the python-version batches '
+                    f'(data_batch_1..5, test_batch from {OFFICIAL_URL}) there, or set '
+                    'config.download=True to download them into it')
+  try:
+    return download_cifar10(folder)
+  except DataError as e:
+    raise DataError(f'{e}; or point config.data_dir or ${ENV_VAR} at such a folder') from None
 
 
 def load_dataset(config: Any) -> Cifar10:
-  """Loads the dataset named by a training config.
-
-  Args:
-    config: an ml_collections.ConfigDict (or anything with these attributes):
-      dataset: 'cifar10' (the pickled python batches in `data_dir`), 'synthetic'
-        (random arrays of CIFAR-10's shapes, for speed benchmarks) or 'tfds'
-        (tensorflow_datasets; `tfds_data_dir` if the config has it, else tfds'
-        default folder; `data_dir` is the pickles' folder and is not used).
-      data_dir: the folder of data_batch_1..5 and test_batch, relative to the
-        working directory or absolute.
-      download: fetch the official tarball when `data_dir` is missing.
-      train_subset: 0 for the whole training set, else its first N images.
-      test_subset: likewise for the test set (tests and quick checks only).
-
-  Returns:
-    The `Cifar10` arrays, the training set cut to `train_subset`.
-
-  Raises:
-    DataError: an unknown dataset name, a bad train_subset, or any loading
-      problem.
-  """
-  name = config.dataset
-  download = bool(config.download)
-  if name == 'cifar10':
-    data = load_cifar10(config.data_dir, download=download)
-  elif name == 'tfds':
-    tfds_dir = config.get('tfds_data_dir', None) if hasattr(config, 'get') else None
-    data = load_cifar10_tfds(tfds_dir or None, download=download)
-  elif name == 'synthetic':
-    data = synthetic_cifar10()
+  """Loads config.dataset ('cifar10', 'tfds' or 'synthetic'), cut to config.*_subset if set."""
+  if config.dataset == 'synthetic':
+    data, source = synthetic_cifar10(), 'random arrays (dataset=synthetic)'
+  elif config.dataset == 'tfds':
+    data = load_cifar10_tfds(config.tfds_data_dir or None, download=config.download)
+    source = f"tensorflow_datasets' cifar10 in {config.tfds_data_dir or 'its default folder'}"
   else:
-    raise DataError(f'config.dataset is {name!r}; use one of {DATASETS}')
-  for split in ('train', 'test'):
-    key = f'{split}_subset'
-    subset = config.get(key, 0) if hasattr(config, 'get') else getattr(config, key, 0)
-    images = getattr(data, f'{split}_images')
-    if isinstance(subset, bool) or not isinstance(subset, int) or subset < 0:
-      raise DataError(f'config.{key} is {subset!r}; use 0 (all) or a positive number of images')
-    if subset:
-      if subset > len(images):
-        raise DataError(f'config.{key} is {subset} but the {split} set has only '
-                        f'{len(images)} images; use 0 (all) or a smaller number')
-      data = data._replace(**{f'{split}_images': images[:subset],
-                              f'{split}_labels': getattr(data, f'{split}_labels')[:subset]})
+    folder = cifar10_dir(config)
+    data, source = load_cifar10(folder), str(folder)
+  subsets = {split: getattr(config, f'{split}_subset') for split in ('train', 'test')}
+  for split, subset in subsets.items():
+    if subset > (count := len(getattr(data, f'{split}_labels'))):
+      raise DataError(f'config.{split}_subset={subset} but the {split} set has only {count} '
+                      'images: use 0 (all) or a smaller number')
+  data = Cifar10(*(v[:subsets[k.split('_')[0]] or None] for k, v in data._asdict().items()))
+  logging.info('CIFAR-10 from %s: %d training and %d test images', source,
+               len(data.train_labels), len(data.test_labels))
   return data

@@ -1,134 +1,188 @@
-"""Unpickling of dataset files that cannot run code.
+"""Loading untrusted pickles (dataset files, PyTorch .pth) without running code or blowing up.
 
-A pickle is a program: its GLOBAL / STACK_GLOBAL opcodes import any attribute
-of any module and its REDUCE opcode calls it, so loading an untrusted pickle
-with `pickle.load` can run arbitrary commands. The CIFAR-10 batches only need
-numpy to rebuild one uint8 array per file, so `SafeUnpickler` resolves exactly
-those globals and refuses everything else before it is imported or called.
-
-Traced on the official files (protocol 2, written by Python 2):
-`numpy.core.multiarray._reconstruct`, `numpy.ndarray` and `numpy.dtype`.
-Also allowed, for pickles that users write themselves with Python 3:
-`_codecs.encode` (protocol 2 stores an array's bytes as a latin-1 `str`;
-restricted to latin-1 here), numpy 2's `numpy._core` spelling of the same
-functions, and `numpy.(_)core.numeric._frombuffer` (protocol 5, i.e.
-`pickle.HIGHEST_PROTOCOL`). None of these can import modules or run commands.
-"""
+A pickle is a program: GLOBAL imports anything, REDUCE calls it; even numpy's rebuilders make
+object arrays of forged pointers, or gigabytes from a few bytes. Here the only globals are
+stand-ins for numpy's dtype, array and scalar rebuilders (plain numeric dtypes, arrays only from
+bytes present), and the result is walked with a budget (the file size) and a depth limit."""
 import codecs
+import io
 import os
 import pickle
-from typing import Any, Callable
+import re
+import zipfile
+from typing import Any
 
 import numpy as np
 
-from flax_seresnet.errors import DataError, one_line
+from flax_seresnet.errors import CheckpointError, DataError, one_line
 
-# numpy 2 renamed numpy.core to numpy._core; numpy 1.x only has numpy.core.
-# Resolving the functions here (rather than via import by name at load time)
-# also avoids numpy 2's DeprecationWarning for importing numpy.core.
-try:
-  from numpy._core import multiarray as _multiarray  # pylint: disable=g-import-not-at-top
-  from numpy._core import numeric as _numeric  # pylint: disable=g-import-not-at-top
-except ImportError:  # numpy < 2
-  from numpy.core import multiarray as _multiarray  # pylint: disable=g-import-not-at-top
-  from numpy.core import numeric as _numeric  # pylint: disable=g-import-not-at-top
+_NUMERIC = frozenset('b1 i1 i2 i4 i8 u1 u2 u4 u8 f2 f4 f8'.split())  # numpy's spelling in pickles
+_MAX_DEPTH = 32
 
 
-_LATIN1_NAMES = frozenset({'latin1', 'latin-1', 'iso8859-1', 'iso-8859-1', 'l1'})
+class _Refused(pickle.UnpicklingError):
+  """The file asks for something outside the allow-list; the message says what."""
 
 
-def _latin1_encode(obj: str, encoding: str = 'utf-8', errors: str = 'strict') -> bytes:
-  """`_codecs.encode` limited to latin-1, the only codec numpy's pickles use.
+class _Dtype:
+  """Stands for numpy.dtype(spec, align, copy) and its BUILD state: plain numeric dtypes only."""
 
-  Other codecs are refused so that a crafted file cannot pick an arbitrary
-  codec (codec lookup imports modules from the `encodings` package).
-  """
-  # Compare spellings instead of calling codecs.lookup, which would import.
-  if not isinstance(encoding, str) or encoding.lower().replace('_', '-') not in _LATIN1_NAMES:
-    raise pickle.UnpicklingError(
-        f'refused _codecs.encode with codec {encoding!r} (only latin-1 is allowed)')
-  return codecs.encode(obj, 'latin-1', errors)
+  def __init__(self, spec: Any, align: Any = False, unused_copy: Any = False):
+    spec = spec.decode('latin-1') if isinstance(spec, bytes) else spec  # Python 2 str
+    if align or spec not in _NUMERIC:
+      raise _Refused(f'asks for numpy.dtype({spec!r:.40}, align={align!r:.9}) (only plain '
+                     'bool, int, uint and float dtypes are allowed)')
+    self.value = np.dtype(spec)
+
+  def __setstate__(self, state: Any) -> None:
+    # numpy writes (3, byte order, None, None, None, -1, -1, 0) for these dtypes; any other
+    # state adds fields, a subarray or flags (such as "holds Python objects").
+    if (not isinstance(state, tuple) or len(state) != 8 or state[0] != 3 or
+        state[2:] != (None, None, None, -1, -1, 0)):
+      raise _Refused('asks for a numpy.dtype with fields, a subarray, flags or metadata')
+    order = state[1].decode('latin-1') if isinstance(state[1], bytes) else state[1]
+    self.value = self.value.newbyteorder(order)  # any byte order: all are harmless
 
 
-# (module, name) -> the object the unpickler hands back for it.
-# pylint: disable=protected-access
-_ALLOWED: dict[tuple[str, str], Callable[..., Any]] = {
-    ('numpy.core.multiarray', '_reconstruct'): _multiarray._reconstruct,
-    ('numpy._core.multiarray', '_reconstruct'): _multiarray._reconstruct,
-    ('numpy.core.numeric', '_frombuffer'): _numeric._frombuffer,
-    ('numpy._core.numeric', '_frombuffer'): _numeric._frombuffer,
-    ('numpy', 'ndarray'): np.ndarray,
-    ('numpy', 'dtype'): np.dtype,
+def _array(raw: Any, dtype: Any, shape: Any, order: Any = 'C', axis_order: Any = None):
+  """numpy's protocol-5 rebuilder `_frombuffer`: only as many items as `raw` holds bytes."""
+  if not isinstance(dtype, _Dtype):
+    raise _Refused(f'asks for an array or scalar of {type(dtype).__name__}')
+  array = np.frombuffer(raw, dtype.value)
+  if order == 'K' and axis_order is not None:  # numpy 2's non-contiguous layouts
+    return array.reshape(shape).transpose(axis_order)
+  return array.reshape(shape, order=order)
+
+
+class _Array:
+  """Stands for numpy's `_reconstruct(ndarray, (0,), 'b')`; BUILD's state gives all its data."""
+  value = None
+
+  def __setstate__(self, state: Any) -> None:
+    *_, shape, dtype, fortran, raw = state  # (version,) shape, dtype, is_fortran, rawdata
+    self.value = _array(raw, dtype, shape, 'F' if fortran else 'C')
+
+
+def _latin1_encode(text: str, encoding: str) -> bytes:
+  # Protocol 2 stores bytes as _codecs.encode(str, 'latin1'); other codecs import modules.
+  if encoding not in ('latin1', 'latin-1'):
+    raise _Refused(f'asks for _codecs.encode({encoding!r:.40}) (only latin-1 is allowed)')
+  return codecs.encode(text, 'latin-1')
+
+
+_ALLOWED = {
+    ('numpy', 'dtype'): _Dtype,
+    ('numpy', 'ndarray'): None,  # only ever an argument of _reconstruct: never callable
     ('_codecs', 'encode'): _latin1_encode,
+    # Protocol 2 writes b'' as bytes(): no argument, so never bytes(10**10).
+    **{(builtins, 'bytes'): lambda: b'' for builtins in ('__builtin__', 'builtins')},
+    **{(f'numpy.{core}.{module}', name): function for core in ('core', '_core')
+       for module, name, function in (
+           ('multiarray', '_reconstruct', lambda *_: _Array()),
+           ('multiarray', 'scalar', lambda dtype, data: _array(data, dtype, ())[()]),  # a number
+           ('numeric', '_frombuffer', _array))},
 }
-# pylint: enable=protected-access
+# For torch.load: the original training script saves numpy.int64 values in its config.
+_TORCH_ALLOWED = [(function, f'{module}.{name}') for (module, name), function in _ALLOWED.items()
+                  if name in ('scalar', 'dtype')]
 
 
-class RefusedGlobal(pickle.UnpicklingError):
-  """A pickle asked for a global outside the allow-list."""
-
-  def __init__(self, module: str, name: str):
-    super().__init__(f'{module}.{name}')
-    self.module = module
-    self.name = name
-
-
-class SafeUnpickler(pickle.Unpickler):
-  """A `pickle.Unpickler` that resolves only the numpy globals in `_ALLOWED`."""
+class _Unpickler(pickle._Unpickler):  # pylint: disable=protected-access
+  """pickle's pure-Python unpickler, restricted. (Its memo is a dict: the C unpickler allocates
+  and zeroes a table as long as the largest memo index a file names.)"""
+  dispatch = dict(pickle._Unpickler.dispatch)  # pylint: disable=protected-access
 
   def find_class(self, module: str, name: str) -> Any:
-    # Called for GLOBAL, STACK_GLOBAL, INST, OBJ and the EXT (copyreg) opcodes,
-    # before anything is imported, so refusing here stops the attack early.
-    try:
-      return _ALLOWED[(module, name)]
-    except KeyError:
-      raise RefusedGlobal(module, name) from None
-    except TypeError:  # unhashable module/name from a malformed stream
-      raise RefusedGlobal(repr(module), repr(name)) from None
+    # Also called for copyreg's extension codes (EXT1/2/4), before anything is imported.
+    if (module, name) not in _ALLOWED:
+      raise _Refused(f'asks for {module}.{name}')
+    return _ALLOWED[module, name]
 
-  def persistent_load(self, pid: Any) -> Any:
-    # Persistent IDs are never part of a dataset file.
-    raise pickle.UnpicklingError('persistent IDs are not allowed')
+  def _build(self) -> None:  # otherwise BUILD sets attributes of anything, e.g. our functions
+    if not isinstance(self.stack[-2], (_Array, _Dtype)):
+      raise _Refused(f'asks to set the state of a {type(self.stack[-2]).__name__}')
+    self.load_build()
+
+  def _strings(self, keys: list[Any]) -> None:  # n ints of one hash cost n**2 to insert
+    if not all(isinstance(key, (str, bytes)) for key in keys):  # their hashes are salted
+      raise _Refused('has dict keys or set items that are not strings')
+
+  dispatch[pickle.BUILD[0]] = _build
+  # pickle's own BYTEARRAY8 allocates the size a file declares before reading it.
+  dispatch[pickle.BYTEARRAY8[0]] = lambda self: self.append(
+      bytearray(self.read(int.from_bytes(self.read(8), 'little'))))
+  dispatch[pickle.SETITEM[0]] = lambda self: self._strings(self.stack[-2:-1]) or self.load_setitem()
+  dispatch[pickle.SETITEMS[0]] = lambda self: self._strings(self.stack[::2]) or self.load_setitems()
+  dispatch[pickle.DICT[0]] = lambda self: self._strings(self.stack[::2]) or self.load_dict()
+  dispatch[pickle.ADDITEMS[0]] = lambda self: self._strings(self.stack) or self.load_additems()
+  dispatch[pickle.FROZENSET[0]] = lambda self: self._strings(self.stack) or self.load_frozenset()
+
+
+def _finish(root: Any, size: int) -> Any:
+  """Swaps stand-ins for numpy objects; refuses nesting too deep or too shared for `size` bytes."""
+  budget = size + 100  # a legitimate file spends at least one byte per object
+
+  def visit(obj: Any, depth: int) -> Any:
+    nonlocal budget
+    budget -= 1
+    if budget < 0 or depth > _MAX_DEPTH:
+      raise _Refused(f'nests deeper than {_MAX_DEPTH} levels or shares objects more than its '
+                     f'{size} bytes allow')
+    if isinstance(obj, (_Array, _Dtype)):
+      return obj.value
+    if isinstance(obj, list):
+      obj[:] = [visit(item, depth + 1) for item in obj]
+    elif isinstance(obj, dict):  # in place: keeps OrderedDict and shared references
+      items = [(visit(k, depth + 1), visit(v, depth + 1)) for k, v in obj.items()]
+      obj.clear()
+      obj.update(items)
+    elif type(obj) in (tuple, set, frozenset):
+      return type(obj)(visit(item, depth + 1) for item in obj)
+    return obj
+
+  return visit(root, 0)
+
+
+def _problem(e: BaseException) -> str:
+  """What is wrong with a file and what to do, for a one-line message after its name."""
+  if isinstance(e, OSError):
+    return {FileNotFoundError: 'does not exist: fix the path',
+            IsADirectoryError: 'is a folder, not a file: fix the path'}.get(
+                type(e), f'cannot be read ({one_line(e)}): check the path and its permissions')
+  if isinstance(e, _Refused):
+    return (f'is refused: it {one_line(e)}; it may be malicious: do not use it, replace it with '
+            'a trusted copy')
+  detail = one_line(re.sub(r'\x1b\[[0-9;]*m', '', str(e)))  # torch's ANSI bold
+  if 'weights_only' in detail:  # torch's advice to load unsafely: never pass it on
+    detail = '...'
+  return (f'is truncated or not valid ({type(e).__name__}: {detail}): replace it with an '
+          'intact copy')
 
 
 def safe_load(path: str | os.PathLike[str], *, what: str = 'dataset file') -> Any:
-  """Loads the pickle at `path` with `SafeUnpickler`.
-
-  Args:
-    path: the file to read.
-    what: how error messages describe the file, e.g. 'CIFAR-10 batch'.
-
-  Returns:
-    The unpickled object. Python 2 strings come back as `bytes`
-    (`encoding='bytes'`), as the official CIFAR-10 files need.
-
-  Raises:
-    DataError: the file is missing or unreadable, asks for a global that is not
-      allowed, or is truncated or otherwise not a valid pickle.
-  """
-  path = os.fspath(path)
+  """Unpickles `path` (Python 2 strings as bytes); DataError on anything wrong or not allowed."""
   try:
-    f = open(path, 'rb')
-  except FileNotFoundError:
-    raise DataError(f'{what} {path} does not exist: put the file there or fix the path') from None
-  except IsADirectoryError:
-    raise DataError(f'{what} {path} is a folder, not a file: fix the path') from None
-  except OSError as e:
-    raise DataError(f'cannot read {what} {path} ({one_line(e)}): check the path and its '
-                    'permissions') from None
-  try:
-    # Unpickling straight from the file (not from f.read()) saves one copy of
-    # the ~30 MB pixel string per batch.
-    with f:
-      return SafeUnpickler(f, encoding='bytes').load()
-  except RefusedGlobal as e:
-    raise DataError(
-        f'{what} {path} asks to load {e.module}.{e.name}, which is refused because only numpy '
-        'arrays are allowed in dataset pickles: the file is not a CIFAR-10-style pickle and may be '
-        'malicious; do not use it, replace it with the official file') from None
+    with open(path, 'rb') as f:
+      data = f.read()
+    return _finish(_Unpickler(io.BytesIO(data), encoding='bytes').load(), len(data))
   except Exception as e:  # pylint: disable=broad-except
-    # Truncated or garbage input surfaces as many exception types
-    # (EOFError, UnpicklingError, ValueError, KeyError, IndexError, ...).
-    raise DataError(
-        f'{what} {path} is truncated or not a valid pickle ({type(e).__name__}: {one_line(e)}): '
-        'replace it with an intact copy') from None
+    raise DataError(f'{what} {path} {_problem(e)}') from None
+
+
+def load_torch_file(path: str | os.PathLike[str]) -> Any:
+  """torch.load(path, map_location='cpu', weights_only=True) plus numpy scalars, zip checked
+  first; CheckpointError on anything wrong or not allowed."""
+  import torch  # pylint: disable=g-import-not-at-top
+  try:
+    with zipfile.ZipFile(path) as archive:
+      declared = sum(member.file_size for member in archive.infolist())
+    if declared > (size := os.path.getsize(path)):  # torch.save does not compress
+      raise _Refused(f'declares {declared} bytes of content in {size} bytes (a zip bomb?)')
+    with torch.serialization.safe_globals(_TORCH_ALLOWED):
+      return _finish(torch.load(path, map_location='cpu', weights_only=True), size)
+  except Exception as e:  # pylint: disable=broad-except
+    # torch re-raises the unpickler's error as one that advises weights_only=False.
+    cause = e.__context__ if isinstance(e, pickle.UnpicklingError) and e.__context__ else e
+    if not isinstance(cause, _Refused) and (match := re.search(r'GLOBAL (\S+)', str(cause))):
+      cause = _Refused(f'asks for {match[1]}')
+    raise CheckpointError(f'PyTorch checkpoint {path} {_problem(cause)}') from None

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from input_pipeline import (CIFAR10_MEAN, CIFAR10_STD, DataError, augment, example_keys, normalize,
+from input_pipeline import (CIFAR10_MEAN, CIFAR10_STD, augment, example_keys, normalize,
                             random_crop_flip)
 from input_pipeline.augment import apply_crop_flip, draw_crop_flip
 
@@ -137,11 +137,3 @@ def test_flip_off_and_padding_zero():
   np.testing.assert_array_equal(
       no_flip, _reference(images, np.asarray(dy), np.asarray(dx), np.zeros(32, bool), 4, 'zeros'))
   np.testing.assert_array_equal(random_crop_flip(images, keys, padding=0, flip=False), images)
-
-
-def test_bad_settings():
-  keys = example_keys(jax.random.key(0), np.arange(2))
-  with pytest.raises(DataError, match='config.pad_mode'):
-    random_crop_flip(_images(2), keys, pad_mode='edge')
-  with pytest.raises(DataError, match='config.crop_padding'):
-    random_crop_flip(_images(2), keys, padding=-1)

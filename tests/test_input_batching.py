@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from input_pipeline import (DataError, epoch_permutation, eval_batches, process_slice,
-                            steps_per_epoch, train_batches)
+from input_pipeline import (epoch_permutation, eval_batches, process_slice, steps_per_epoch,
+                            train_batches)
 
 
 def test_permutation_is_a_reproducible_function_of_seed_and_epoch():
@@ -18,11 +18,6 @@ def test_permutation_is_a_reproducible_function_of_seed_and_epoch():
   # (seed, epoch) is not confused with (epoch, seed).
   assert not np.array_equal(epoch_permutation(3, 0, 1000), epoch_permutation(0, 3, 1000))
   assert len(epoch_permutation(0, 0, 0)) == 0
-
-
-def test_permutation_rejects_bad_seed():
-  with pytest.raises(DataError, match='config.seed'):
-    epoch_permutation(-1, 0, 10)
 
 
 @pytest.mark.parametrize('n, batch_size, drop_last, multiple_of, sizes', [
@@ -57,18 +52,11 @@ def test_train_batches_cover_everything_without_drop():
   np.testing.assert_array_equal(np.sort(np.concatenate(batches)), np.arange(1001))
 
 
-def test_batch_size_must_split_over_devices():
-  with pytest.raises(DataError, match='config.batch_size'):
-    train_batches(np.arange(100), 100, multiple_of=8)
-  with pytest.raises(DataError, match='config.batch_size'):
-    steps_per_epoch(100, 0)
-
-
 @pytest.mark.parametrize('n, batch_size, multiple_of, size', [
     (10000, 1000, 1, 1000), (10000, 1000, 3, 1002), (10, 4, 1, 4), (10, 3, 4, 4), (1, 5, 2, 6),
 ])
 def test_eval_batches(n, batch_size, multiple_of, size):
-  batches = eval_batches(n, batch_size, multiple_of=multiple_of)
+  batches = list(eval_batches(n, batch_size, multiple_of=multiple_of))
   assert len(batches) == -(-n // size)
   for indices, mask in batches:
     assert indices.shape == mask.shape == (size,)
@@ -81,7 +69,7 @@ def test_eval_batches(n, batch_size, multiple_of, size):
 
 
 def test_eval_batches_empty():
-  assert eval_batches(0, 10) == []
+  assert not list(eval_batches(0, 10))
 
 
 def test_process_slice():
@@ -90,10 +78,6 @@ def test_process_slice():
   assert all(len(p) == 6 for p in parts)
   np.testing.assert_array_equal(np.concatenate(parts), batch)  # disjoint, contiguous, in order
   np.testing.assert_array_equal(process_slice(batch, 0, 1), batch)
-  with pytest.raises(DataError, match='does not split over 5 processes'):
-    process_slice(batch, 0, 5)
-  with pytest.raises(DataError, match='process_index'):
-    process_slice(batch, 4, 4)
 
 
 def test_every_process_plans_the_same_epoch():

@@ -1,11 +1,11 @@
-"""Loading and validating CIFAR-10 python batches, unlabeled sets and configs (crafted files)."""
+"""Loading and validating CIFAR-10 python batches and unlabeled sets (crafted files)."""
 import pickle
 
 import numpy as np
 import pytest
 
-from input_pipeline import (Cifar10, DataError, class_names, load_cifar10, load_dataset,
-                            load_unlabeled)
+from flax_seresnet.errors import DataError
+from input_pipeline import Cifar10, class_names, load_cifar10, load_unlabeled
 from tests.fake_data import CLASS_NAMES, make_batch, write_fake_cifar10, write_pickle
 
 
@@ -69,20 +69,40 @@ def test_bytes_keys_nhwc_data_and_array_labels(folder):
 
 def test_folder_missing(tmp_path):
   message = _error(load_cifar10, tmp_path / 'nowhere')
-  assert str(tmp_path / 'nowhere') in message and 'download=True' in message
+  assert str(tmp_path / 'nowhere') in message and 'does not exist' in message
 
 
 def test_data_dir_is_a_file(tmp_path):
   path = tmp_path / 'file'
   path.write_text('x')
-  assert 'not a folder' in _error(load_cifar10, path)
+  message = _error(load_cifar10, path)
+  assert str(path) in message and 'is a file' in message and 'does not exist' not in message
 
 
 @pytest.mark.parametrize('name', ['data_batch_3', 'test_batch'])
 def test_file_missing(folder, name):
   (folder / name).unlink()
   message = _error(load_cifar10, folder)
-  assert str(folder / name) in message and 'missing' in message
+  assert str(folder / name) in message and 'does not exist' in message
+
+
+def test_batch_is_a_folder(folder):
+  (folder / 'data_batch_2').unlink()
+  (folder / 'data_batch_2').mkdir()
+  message = _error(load_cifar10, folder)
+  assert str(folder / 'data_batch_2') in message and 'is a folder' in message
+  assert 'does not exist' not in message
+
+
+def test_numpy_scalar_labels_and_empty_test_batch(folder):
+  """Labels as a list of numpy scalars (numpy.core.multiarray.scalar) and 0 test images load."""
+  batch = make_batch(6, 1)
+  batch['labels'] = [np.int64(label) for label in batch['labels']]
+  write_pickle(folder / 'data_batch_2', batch)
+  write_pickle(folder / 'test_batch', {'data': np.zeros((0, 3072), np.uint8), 'labels': []})
+  data = load_cifar10(folder)
+  np.testing.assert_array_equal(data.train_labels[6:12], make_batch(6, 1)['labels'])
+  assert data.test_images.shape == (0, 32, 32, 3) and data.test_labels.dtype == np.int32
 
 
 def test_truncated_file(folder):
@@ -94,7 +114,7 @@ def test_truncated_file(folder):
 
 def test_not_a_pickle(folder):
   (folder / 'test_batch').write_text('<html>404 not found</html>')
-  assert 'not a valid pickle' in _error(load_cifar10, folder)
+  assert 'not valid' in _error(load_cifar10, folder)
 
 
 def test_not_a_dict(folder):
@@ -112,12 +132,12 @@ def test_missing_key(folder, key):
 
 
 @pytest.mark.parametrize('data, expected', [
-    (np.zeros((6, 3072), np.float32), 'dtype float32'),
-    (np.zeros((6, 3072), np.int64), 'dtype int64'),
-    (np.zeros((6, 1000), np.uint8), 'shape (6, 1000)'),
-    (np.zeros((6, 3, 32, 32), np.uint8), 'shape (6, 3, 32, 32)'),
-    (np.zeros(3072, np.uint8), 'shape (3072,)'),
-    ([[0] * 3072] * 6, 'type list'),
+    (np.zeros((6, 3072), np.float32), 'float32'),
+    (np.zeros((6, 3072), np.int64), 'int64'),
+    (np.zeros((6, 1000), np.uint8), '(6, 1000)'),
+    (np.zeros((6, 3, 32, 32), np.uint8), '(6, 3, 32, 32)'),
+    (np.zeros(3072, np.uint8), '(3072,)'),
+    ([[0] * 3072] * 6, 'list'),
 ])
 def test_bad_data(folder, data, expected):
   batch = make_batch(6, 0)
@@ -132,6 +152,8 @@ def test_bad_data(folder, data, expected):
     ([0, 1, -1, 3, 4, 5], 'contain -1'),
     ([0.0, 1.0, 2.0, 3.0, 4.0, 5.0], 'dtype float64'),
     ([[0, 1, 2, 3, 4, 5]], 'shape (1, 6)'),
+    ([[0, 1], [2]], 'cannot be made into an array'),
+    ([True] * 6, 'dtype bool'),
     ([0, 1, 2, 3, 4], '6 images but 5 labels'),
     ([0, 1, 2, 3, 4, 5, 6], '6 images but 7 labels'),
 ])
@@ -167,11 +189,13 @@ def test_unlabeled(tmp_path, layout, key_type):
   np.testing.assert_array_equal(got_ids, ids)
 
 
-def test_unlabeled_string_ids(tmp_path):
+@pytest.mark.parametrize('ids', [['a.png', 'b.png'], [np.int64(4), np.int64(9)], [0.5, 1.5]])
+def test_unlabeled_ids(tmp_path, ids):
+  """Strings, lists of numpy scalars (numpy.core.multiarray.scalar) and floats are ids."""
   path = tmp_path / 'unlabeled.pkl'
-  write_pickle(path, {'data': make_batch(2, 0)['data'], 'ids': ['a.png', 'b.png']})
-  _, ids = load_unlabeled(path)
-  assert list(ids) == ['a.png', 'b.png']
+  write_pickle(path, {'data': make_batch(2, 0)['data'], 'ids': ids})
+  _, got = load_unlabeled(path)
+  assert got.tolist() == [i.item() if isinstance(i, np.generic) else i for i in ids]
 
 
 @pytest.mark.parametrize('content, expected', [
@@ -179,8 +203,13 @@ def test_unlabeled_string_ids(tmp_path):
     ({'ids': [1, 2, 3]}, "no 'data' entry"),
     ({'data': np.zeros((3, 3072), np.uint8), 'ids': [1, 2]}, '3 images but 2 ids'),
     ({'data': np.zeros((3, 3072), np.uint8), 'ids': [[1, 2, 3]]}, 'shape (1, 3)'),
-    ({'data': np.zeros((3, 32, 32, 4), np.uint8), 'ids': [1, 2, 3]}, 'shape (3, 32, 32, 4)'),
-    ({'data': np.zeros((3, 3072), np.float64), 'ids': [1, 2, 3]}, 'dtype float64'),
+    ({'data': np.zeros((3, 32, 32, 4), np.uint8), 'ids': [1, 2, 3]}, '(3, 32, 32, 4)'),
+    ({'data': np.zeros((3, 3072), np.float64), 'ids': [1, 2, 3]}, 'float64'),
+    ({'data': np.zeros((3, 3072), np.uint8), 'ids': [1, 2, 1]}, 'repeat 1'),
+    ({'data': np.zeros((3, 3072), np.uint8), 'ids': ['a', 'b', 'b']}, 'repeat b'),
+    ({'data': np.zeros((3, 3072), np.uint8), 'ids': [1.0, float('nan'), 2.0]}, 'NaN'),
+    ({'data': np.zeros((3, 3072), np.uint8), 'ids': np.array([1.0, 2.0, np.nan])}, 'NaN'),
+    ({'data': np.zeros((2, 3072), np.uint8), 'ids': [True, False]}, 'dtype bool'),
 ])
 def test_unlabeled_errors(tmp_path, content, expected):
   path = tmp_path / 'unlabeled.pkl'
@@ -195,32 +224,3 @@ def test_unlabeled_missing_and_truncated(tmp_path):
   write_pickle(path, {'data': np.zeros((3, 3072), np.uint8), 'ids': [1, 2, 3]})
   path.write_bytes(path.read_bytes()[:-100])
   assert 'truncated' in _error(load_unlabeled, path)
-
-
-# --- load_dataset(config)
-
-
-def _config(**overrides):
-  ml_collections = pytest.importorskip('ml_collections')
-  config = ml_collections.ConfigDict({'dataset': 'cifar10', 'data_dir': '', 'download': False,
-                                      'train_subset': 0})
-  config.update(overrides)
-  return config
-
-
-def test_load_dataset(folder):
-  data = load_dataset(_config(data_dir=str(folder)))
-  assert data.train_images.shape == (30, 32, 32, 3)
-  subset = load_dataset(_config(data_dir=str(folder), train_subset=7))
-  assert subset.train_images.shape == (7, 32, 32, 3) and subset.train_labels.shape == (7,)
-  np.testing.assert_array_equal(subset.train_images, data.train_images[:7])
-  np.testing.assert_array_equal(subset.test_images, data.test_images)
-
-
-def test_load_dataset_errors(folder):
-  assert 'config.dataset' in _error(load_dataset, _config(dataset='imagenet'))
-  assert 'config.train_subset' in _error(load_dataset, _config(data_dir=str(folder),
-                                                                train_subset=31))
-  assert 'config.train_subset' in _error(load_dataset, _config(data_dir=str(folder),
-                                                                train_subset=-1))
-  assert 'does not exist' in _error(load_dataset, _config(data_dir=str(folder / 'nope')))

@@ -1,24 +1,22 @@
-"""Facts about the real CIFAR-10 (see ../shared/data/README.md) checked through the loader."""
-import pathlib
+"""Facts about the real CIFAR-10 and the shifted hidden-format set (see ../shared/data/README.md)
+checked through the loaders; skipped where ../shared is absent."""
+import pickletools
 import time
 
 import numpy as np
 import pytest
 
-from input_pipeline import class_names, load_cifar10
+from input_pipeline import class_names, load_cifar10, load_unlabeled
+from tests.conftest import REPO
 
-DATA_DIR = pathlib.Path(__file__).parents[1].parent / 'shared/data/cifar-10-batches-py'
-
-pytestmark = pytest.mark.skipif(
-    not (DATA_DIR / 'data_batch_1').is_file(),
-    reason=f'the real CIFAR-10 is not at {DATA_DIR} (see shared/data/README.md)')
+SHIFTED = REPO.parent / 'shared' / 'data' / 'shifted' / 'cifar10_shifted_nolabels.pkl'
 
 
 @pytest.fixture(scope='module')
-def loaded():
+def loaded(real_cifar10_dir):
   # The first load in the process: page faults included, as in training.
   start = time.perf_counter()
-  data = load_cifar10(DATA_DIR)
+  data = load_cifar10(real_cifar10_dir)
   return data, time.perf_counter() - start
 
 
@@ -68,6 +66,23 @@ def test_channel_statistics(loaded):
   np.testing.assert_allclose(test_mean, [0.4942, 0.4851, 0.4504], atol=1e-3)
 
 
-def test_class_names():
-  assert class_names(DATA_DIR) == ['airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog',
-                                   'horse', 'ship', 'truck']
+def test_class_names(real_cifar10_dir):
+  assert class_names(real_cifar10_dir) == ['airplane', 'automobile', 'bird', 'cat', 'deer', 'dog',
+                                           'frog', 'horse', 'ship', 'truck']
+
+
+def test_official_globals(real_cifar10_dir):
+  """The Python 2 batches name exactly these globals, all allowed by safe_load."""
+  data = (real_cifar10_dir / 'test_batch').read_bytes()
+  names = {arg for opcode, arg, _ in pickletools.genops(data) if opcode.name == 'GLOBAL'}
+  assert names == {'numpy.core.multiarray _reconstruct', 'numpy ndarray', 'numpy dtype'}
+
+
+def test_shifted_hidden_set():
+  """The course's hidden-set format: protocol 4, {b'data': uint8 (4000, 3072), b'ids': int64}."""
+  if not SHIFTED.is_file():
+    pytest.skip(f'{SHIFTED} not found')
+  images, ids = load_unlabeled(SHIFTED)
+  assert images.shape == (4000, 32, 32, 3) and images.dtype == np.uint8
+  assert ids.shape == (4000,) and ids.dtype == np.int64 and len(np.unique(ids)) == 4000
+  assert 0.2 < images.mean() / 255 < 0.8  # real pixels, not zeros or uninitialised memory

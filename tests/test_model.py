@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from flax_seresnet import SEResNet
-from flax_seresnet.model import model_from_config
+from flax_seresnet.model import BatchNorm, model_from_config
 
 PUBLISHED_PARAMETERS = 4_697_742
 
@@ -26,7 +26,16 @@ def test_published_parameter_count():
   assert count(variables['params']) == PUBLISHED_PARAMETERS
   # 2 statistics per BatchNorm channel: 24 BatchNorms over the stem and blocks.
   bn_channels = count(variables['batch_stats']) // 2
-  assert bn_channels == 64 + 4 * 2 * 64 + (2 * 128 + 128) + 3 * 2 * 128 + (2 * 256 + 256) + 2 * 2 * 256
+  assert bn_channels == (64 + 4 * 2 * 64 + (2 * 128 + 128) + 3 * 2 * 128 + (2 * 256 + 256)
+                         + 2 * 2 * 256)
+
+
+@pytest.mark.parametrize('pool', [4, 2, 1])
+def test_parameter_count_with_a_smaller_average_pool(pool):
+  # avg_pool2d(out, P) leaves a (8 // P)^2 map per channel: the classifier input grows.
+  side = 8 // pool
+  params = abstract_variables(SEResNet(avg_pool_kernel_size=pool))['params']
+  assert count(params) == PUBLISHED_PARAMETERS - (256 * 10 + 10) + (256 * side * side * 10 + 10)
 
 
 def test_published_model_shapes_and_layout():
@@ -58,7 +67,8 @@ def test_full_size_forward_eval_shape():
     (dict(se_position='blocks'),
      lambda p: p['residual_layers_2_2']['se']['conv1']['kernel'].shape == (1, 1, 256, 16)
      and 'seblock' not in p),
-    (dict(se_position='none'), lambda p: 'seblock' not in p and 'se' not in p['residual_layers_0_0']),
+    (dict(se_position='none'),
+     lambda p: 'seblock' not in p and 'se' not in p['residual_layers_0_0']),
     (dict(se_reduction=8), lambda p: p['seblock']['conv1']['kernel'].shape == (1, 1, 64, 8)),
     (dict(stage_blocks=(2, 2, 2)), lambda p: 'residual_layers_0_2' not in p
      and 'residual_layers_2_1' in p),
@@ -72,7 +82,10 @@ def test_full_size_forward_eval_shape():
      and p['residual_layers_1_0']['bn1']['scale'].shape == (64,)),
     (dict(num_classes=100), lambda p: p['linear']['bias'].shape == (100,)),
     (dict(stage_blocks=(1, 1, 1, 1), widths=(16, 32, 64, 128), kernel_sizes=(3,) * 4,
-          shortcut_kernel_sizes=(1,) * 4), lambda p: 'residual_layers_3_0' in p),
+          shortcut_kernel_sizes=(1,) * 4, avg_pool_kernel_size=4),
+     lambda p: 'residual_layers_3_0' in p and p['linear']['kernel'].shape == (128, 10)),
+    (dict(avg_pool_kernel_size=4), lambda p: p['linear']['kernel'].shape == (256 * 2 * 2, 10)),
+    (dict(dropout=0.3), lambda p: p['linear']['kernel'].shape == (256, 10)),
 ])
 def test_configuration_options(option, check):
   model = SEResNet(**option)
@@ -144,7 +157,9 @@ def test_bfloat16_full_size_eval_shape_keeps_float32_state():
 
 
 def test_torch_default_initialisation_bounds():
-  variables = SEResNet().init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
+  # One block per stage keeps the published widths, hence the fan-ins checked below.
+  variables = SEResNet(stage_blocks=(1, 1, 1)).init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)),
+                                                    train=False)
   p = variables['params']
   for kernel, fan_in in [(p['conv1']['kernel'], 27), (p['residual_layers_2_0']['conv2']['kernel'],
                                                       256 * 9), (p['linear']['kernel'], 256)]:
@@ -158,19 +173,38 @@ def test_torch_default_initialisation_bounds():
   chex.assert_trees_all_equal(variables['batch_stats']['bn1']['var'], jnp.ones(64))
 
 
-def test_bad_options_are_refused():
-  x = jnp.zeros((1, 32, 32, 3))
-  with pytest.raises(ValueError, match='se_position'):
-    jax.eval_shape(lambda: SEResNet(se_position='everywhere').init(jax.random.key(0), x))
-  with pytest.raises(ValueError, match='widths'):
-    jax.eval_shape(lambda: SEResNet(widths=(64, 128)).init(jax.random.key(0), x))
-  with pytest.raises(ValueError, match='dtype'):
-    jax.eval_shape(lambda: SEResNet(dtype='float16').init(jax.random.key(0), x))
-  with pytest.raises(ValueError, match='unknown keys'):
-    model_from_config({'stage_blocks': (1, 1, 1), 'depth': 3})
-
-
 def test_model_from_config_matches_defaults():
   from configs import seresnet
   model = model_from_config(seresnet.get_config().model)
   assert model == SEResNet()
+
+
+@pytest.mark.parametrize('mode', ['plain', 'groups', 'axis_name', 'bfloat16'])
+def test_batchnorm_statistics_far_from_zero_in_every_mode(mode):
+  """|mean| / std = 3000, where E[x^2] - E[x]^2 in float32 loses the variance entirely."""
+  rng = np.random.RandomState(0)
+  x = (300 + 0.1 * rng.randn(8, 4, 4, 3)).astype(np.float32)
+  x[4:] += 0.3  # halves that differ: per-group and synchronised statistics differ too
+  if mode == 'bfloat16':  # bfloat16 cannot hold 300 +- 0.1; round to what it holds
+    x = np.asarray(jnp.asarray(20 + rng.randn(8, 4, 4, 3), jnp.bfloat16), np.float32)
+  groups = 2 if mode == 'groups' else 1
+  bn = BatchNorm(momentum=0.0, num_groups=groups, axis_name='d' if mode == 'axis_name' else None,
+                 dtype=jnp.bfloat16 if mode == 'bfloat16' else jnp.float32)
+  variables = bn.init(jax.random.key(0), x, train=False)
+  apply = lambda xs: bn.apply(variables, xs.astype(bn.dtype), train=True, mutable=['batch_stats'])
+  if mode == 'axis_name':  # two replicas of 4 examples, statistics synchronised over 'd'
+    y, updates = jax.vmap(apply, axis_name='d')(x.reshape(2, 4, 4, 4, 3))
+    y, updates = y.reshape(x.shape), jax.tree.map(lambda v: v[0], updates)
+  else:
+    y, updates = apply(x)
+  assert y.dtype == bn.dtype
+  assert {v.dtype for v in jax.tree.leaves(updates)} == {jnp.dtype('float32')}
+  xg = x.astype(np.float64).reshape(groups, -1, 3)
+  n = xg.shape[1]
+  mean, var = xg.mean(1, keepdims=True), xg.var(1, keepdims=True)
+  expected = ((xg - mean) / np.sqrt(var + 1e-5)).reshape(x.shape)
+  np.testing.assert_allclose(np.asarray(y, np.float32), expected,
+                             atol=0.03 if mode == 'bfloat16' else 5e-3)
+  np.testing.assert_allclose(updates['batch_stats']['mean'], mean.mean(0).ravel(), rtol=1e-5)
+  np.testing.assert_allclose(updates['batch_stats']['var'],
+                             (var * n / (n - 1)).mean(0).ravel(), rtol=1e-3)

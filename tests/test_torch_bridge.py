@@ -1,4 +1,6 @@
 """Parity with the PyTorch reference and the weight bridge in both directions."""
+import itertools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -7,10 +9,14 @@ import pytest
 
 torch = pytest.importorskip('torch')
 
+from flax import linen as nn  # noqa: E402
+
 from flax_seresnet import SEResNet  # noqa: E402
+from flax_seresnet.errors import CheckpointError  # noqa: E402
+from flax_seresnet.model import BatchNorm  # noqa: E402
 from flax_seresnet.reference import TorchSEResNet  # noqa: E402
-from flax_seresnet.torch_bridge import (CheckpointMismatchError, infer_model_config,  # noqa: E402
-                                        load_torch_checkpoint, to_torch_state_dict)
+from flax_seresnet.torch_bridge import (infer_model_config, load_torch_checkpoint,  # noqa: E402
+                                        to_torch_state_dict)
 
 ORIGINAL_KEYS = ['conv1.weight', 'bn1.running_var', 'seblock.conv1.weight', 'seblock.conv2.bias',
                  'residual_layers.0.0.conv1.weight', 'residual_layers.2.2.bn2.bias',
@@ -52,7 +58,13 @@ def test_reference_has_the_original_module_names_and_size():
 @pytest.mark.parametrize('options', [{}, dict(se_position='blocks', stage_blocks=(2, 1, 1)),
                                      dict(preact=True, stage_blocks=(1, 2, 1)),
                                      dict(kernel_sizes=(5, 3, 3), shortcut_kernel_sizes=(1, 3, 3),
-                                          stage_blocks=(1, 1, 1))])
+                                          stage_blocks=(1, 1, 1)),
+                                     dict(avg_pool_kernel_size=4, stage_blocks=(1, 1, 1)),
+                                     dict(avg_pool_kernel_size=2, stage_blocks=(1, 1, 2),
+                                          preact=True),
+                                     dict(avg_pool_kernel_size=1, stage_blocks=(1, 1),
+                                          widths=(16, 32), kernel_sizes=(3, 3),
+                                          shortcut_kernel_sizes=(1, 1))])
 def test_eval_logits_match_pytorch(options):
   net = randomised_reference(**options).eval()
   x = images()
@@ -79,6 +91,79 @@ def test_train_logits_and_running_statistics_match_pytorch():
   moved = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), after,
                        variables['batch_stats'])
   assert min(jax.tree.leaves(moved)) > 0
+
+
+class FixedMasks:
+  """The i-th dropout call, on either side, multiplies by mask i (drawn in NCHW layout)."""
+
+  def __init__(self, rate, identity_sites=()):
+    self.rate, self.identity_sites, self.calls = rate, identity_sites, itertools.count()
+
+  def __call__(self, shape_nchw):
+    i = next(self.calls)
+    if i in self.identity_sites:
+      return np.ones(shape_nchw, np.float32)
+    keep = np.random.RandomState(i).rand(*shape_nchw) >= self.rate
+    return (keep / (1 - self.rate)).astype(np.float32)
+
+
+def torch_logits_with_masks(net, x, masks):
+  hooks = [m.register_forward_hook(lambda m, inp, out: inp[0] * torch.from_numpy(
+      masks(tuple(inp[0].shape)))) for m in net.modules() if isinstance(m, torch.nn.Dropout)]
+  logits = net(torch.from_numpy(x)).detach().numpy()
+  for hook in hooks:
+    hook.remove()
+  return logits
+
+
+def flax_logits_with_masks(model, variables, x, masks):
+  def interceptor(next_fun, args, kwargs, context):
+    if not (isinstance(context.module, nn.Dropout) and context.method_name == '__call__'):
+      return next_fun(*args, **kwargs)
+    y = args[0]
+    nchw = (y.shape[0], y.shape[-1]) + y.shape[1:-1]
+    mask = masks(nchw)
+    return y * (mask.transpose(0, 2, 3, 1) if mask.ndim == 4 else mask)
+
+  with nn.intercept_methods(interceptor):
+    logits, _ = model.apply(variables, nhwc(x), train=True, mutable=['batch_stats'])
+  return np.asarray(logits)
+
+
+@pytest.mark.parametrize('preact', [False, True])
+def test_dropout_sites_match_pytorch_under_the_same_masks(preact):
+  # The original drops after every residual block and before the classifier.
+  options = dict(stage_blocks=(2, 1, 1), widths=(16, 32, 64), dropout=0.3, preact=preact)
+  net = randomised_reference(**options).train()
+  variables = load_torch_checkpoint(net.state_dict())
+  x = images(8, seed=5)
+  torch_masks, flax_masks = FixedMasks(0.3), FixedMasks(0.3)
+  expected = torch_logits_with_masks(net, x, torch_masks)
+  got = flax_logits_with_masks(SEResNet(**options), variables, x, flax_masks)
+  assert next(torch_masks.calls) == next(flax_masks.calls) == 4 + 1  # 4 blocks + classifier
+  assert np.abs(got - expected).max() <= 1e-4
+  # Control: dropout before the classifier only (the old placement) fails the comparison.
+  only_last = torch_logits_with_masks(net, x, FixedMasks(0.3, identity_sites=range(4)))
+  assert np.abs(got - only_last).max() > 1e-2
+
+
+def test_batchnorm_far_from_zero_matches_pytorch():
+  """|mean| / std = 3000: E[x^2] - E[x]^2 in float32 loses the variance entirely."""
+  x = (300 + 0.1 * np.random.RandomState(0).randn(8, 4, 6, 6)).astype(np.float32)
+  torch_bn = torch.nn.BatchNorm2d(4, momentum=1.0)  # running_var = this batch's unbiased var
+  expected = torch_bn(torch.from_numpy(x)).detach().numpy().transpose(0, 2, 3, 1)
+  expected_var = torch_bn.running_var.numpy()
+  bn = BatchNorm(momentum=0.0)
+  variables = bn.init(jax.random.key(0), nhwc(x), train=False)
+  y, updates = bn.apply(variables, nhwc(x), train=True, mutable=['batch_stats'])
+  np.testing.assert_allclose(y, expected, atol=5e-3)
+  np.testing.assert_allclose(updates['batch_stats']['var'], expected_var, rtol=1e-3)
+  # Control: the one-pass formula fails both checks at this input.
+  mean = jnp.mean(nhwc(x), (0, 1, 2))
+  one_pass = jnp.maximum(jnp.mean(jnp.square(nhwc(x)), (0, 1, 2)) - jnp.square(mean), 0.0)
+  assert np.abs((nhwc(x) - mean) * jax.lax.rsqrt(one_pass + 1e-5) - expected).max() > 0.5
+  n = x.size // 4
+  assert np.abs(one_pass * n / (n - 1) / expected_var - 1).max() > 0.1
 
 
 def test_original_checkpoint_dict_file_round_trip(tmp_path):
@@ -109,7 +194,7 @@ def test_loading_never_runs_code(tmp_path):
 
   path = tmp_path / 'evil.pth'
   torch.save({'net': {'conv1.weight': torch.zeros(1)}, 'payload': Evil()}, path)
-  with pytest.raises(CheckpointMismatchError, match='evil.pth'):
+  with pytest.raises(CheckpointError, match='evil.pth'):
     load_torch_checkpoint(path)
   assert not marker.exists()
 
@@ -117,20 +202,20 @@ def test_loading_never_runs_code(tmp_path):
 def test_mismatched_checkpoints_name_the_first_offending_key():
   sd = dict(randomised_reference().state_dict())
   missing = {k: v for k, v in sd.items() if k != 'residual_layers.0.1.bn1.weight'}
-  with pytest.raises(CheckpointMismatchError,
+  with pytest.raises(CheckpointError,
                      match=r"missing 'residual_layers.0.1.bn1.weight' \(expected shape \(64,\)\)"):
     load_torch_checkpoint(missing, model=SEResNet())
   extra = dict(sd, **{'extra.weight': torch.zeros(3)})
-  with pytest.raises(CheckpointMismatchError, match="'extra.weight'"):
+  with pytest.raises(CheckpointError, match="'extra.weight'"):
     load_torch_checkpoint(extra)
   misshapen = dict(sd, **{'linear.weight': torch.zeros(10, 128)})
-  with pytest.raises(CheckpointMismatchError,
+  with pytest.raises(CheckpointError,
                      match=r"'linear.weight' has shape \(10, 128\), expected \(10, 256\)"):
     load_torch_checkpoint(misshapen, model=SEResNet())
   other = TorchSEResNet(stage_blocks=(2, 2, 2)).state_dict()
-  with pytest.raises(CheckpointMismatchError, match='residual_layers.0.2'):
+  with pytest.raises(CheckpointError, match='residual_layers.0.2'):
     load_torch_checkpoint(other, model=SEResNet())
-  with pytest.raises(CheckpointMismatchError, match='SE-ResNet'):
+  with pytest.raises(CheckpointError, match='SE-ResNet'):
     load_torch_checkpoint({'fc.weight': torch.zeros(2, 2)})
 
 
