@@ -7,7 +7,7 @@ Defaults are the published network (4,697,742 parameters):
 
 Layers carry the PyTorch module names (conv1, bn1, seblock, residual_layers_{stage}_{block}, ...)
 so that `torch_bridge` maps one onto the other by name. Option values are checked by
-`config_validation`, not here.
+flax_seresnet.config, not here.
 """
 import functools
 import math
