@@ -11,7 +11,6 @@ Only flags live here; the work is in flax_seresnet.train. A mistake in the input
 setting, a file) ends with one line `error: ...` and exit code 2 (3: training diverged); any
 other exception is a bug and keeps its traceback.
 """
-import logging as std_logging
 import re
 import sys
 
@@ -61,14 +60,8 @@ def parse_flags(argv):
 def main(argv):
   if len(argv) > 1:
     fail(f'unexpected arguments: {argv[1:]}')
-  # Plain one-line messages on stderr: the start line, compilation, epochs, the summary.
-  logging.set_verbosity(logging.INFO)
-  handler = logging.get_absl_handler()
-  handler.setFormatter(std_logging.Formatter('%(message)s'))
-  # Libraries (orbax above all) log through absl too: show only their errors.
-  handler.addFilter(lambda record: record.levelno >= std_logging.ERROR or any(
-      part in record.pathname for part in ('flax_seresnet', 'input_pipeline', 'main.py')))
-  from flax_seresnet import config as config_lib, parallel, train  # jax starts here
+  from flax_seresnet import config as config_lib, parallel, records, train  # jax starts here
+  records.log_to_stderr()  # one line each: the start, compilation, epochs, the summary
   from flax_seresnet.errors import ConfigError, UserError
   config = FLAGS.config
   try:

@@ -1,14 +1,21 @@
-"""Trains the PyTorch reference and this library side by side: same data, recipe and epochs.
+"""Trains the PyTorch reference and this library side by side: same data, recipe and epochs,
+several seeds a side, interleaved in one process, and says whether they train to the same
+accuracy.
 
-  python benchmarks/compare.py --epochs 40 --workdir runs/compare40
-  python benchmarks/compare.py --epochs 2 --small --workdir /tmp/cmp     # a CPU check
+  python benchmarks/compare.py --epochs 20 --seeds 3 --workdir runs/compare20
+  python benchmarks/compare.py --epochs 1 --seeds 2 --small --workdir /tmp/cmp   # a CPU check
 
-Both sides keep CIFAR-10 on the device and augment there (random crop with 4-pixel zero
-padding, flip, normalisation), so the comparison is about the frameworks, not data loaders.
-The recipe is configs/seresnet.py with num_epochs=--epochs (cosine over those epochs, stepped
-per epoch; SGD 0.1/0.9/5e-4; per-element clipping at 0.1; batch 128, last partial batch kept).
-Writes into --workdir: the JAX run's own records, compare.md (per-epoch test accuracy, final
-and best accuracy, wall time, img/s) and compare.png (both test-accuracy curves).
+Both sides keep CIFAR-10 on the device and augment there (random crop with 4-pixel zero padding,
+flip, normalisation), so the comparison is about the frameworks, not data loaders. The recipe is
+configs/seresnet.py with num_epochs=--epochs: SGD 0.1/0.9/5e-4, per-element clipping at 0.1,
+batch 128 with the last partial batch kept, cosine stepped per epoch with T_max=--cosine_epochs
+(default: --epochs; the original code hard-codes 200). Runs go seed by seed, the two sides one
+after the other (--order), so slow drifts of the machine hit both.
+
+The verdict: a 95% confidence interval of the difference of the mean final test accuracies
+(JAX - PyTorch, Welch's t); "the same" when it contains 0, "equivalent" when it lies within
++-margin. Writes into --workdir: each JAX run's records, compare.md (every run, means, standard
+deviations, the interval, the training-time ratio), compare.json and compare.png.
 """
 import os
 import sys
@@ -18,101 +25,126 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import argparse
 import json
+import statistics
 
 
-def main():
+def welch_interval(a, b, confidence=0.95):
+  """(difference of means a - b, low, high) of Welch's t interval."""
+  from scipy import stats
+  va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
+  difference = statistics.mean(a) - statistics.mean(b)
+  if va + vb == 0:
+    return difference, difference, difference
+  df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+  half = stats.t.ppf(0.5 + confidence / 2, df) * (va + vb) ** 0.5
+  return difference, difference - half, difference + half
+
+
+def verdict(low, high, margin):
+  within = -margin <= low and high <= margin
+  if low <= 0 <= high:
+    return (f'the same accuracy: the interval contains 0 and lies within +-{margin} points'
+            if within else f'no difference found, but the interval is wider than +-{margin} '
+            'points: more seeds are needed to call the two equivalent')
+  if within:
+    return f'equivalent within +-{margin} points, though the interval excludes 0'
+  return (f'different: {"JAX" if low > 0 else "PyTorch"} trains to a higher accuracy (the '
+          f'interval excludes 0 and +-{margin} points)')
+
+
+def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--epochs', type=int, default=40)
+  parser.add_argument('--epochs', type=int, default=20)
+  parser.add_argument('--seeds', type=int, default=3, help='runs per side (seeds 0..N-1)')
+  parser.add_argument('--cosine_epochs', type=int, default=0, help="T_max; 0: --epochs")
   parser.add_argument('--workdir', required=True)
-  parser.add_argument('--data_dir', default='../shared/data/cifar-10-batches-py')
-  parser.add_argument('--seed', type=int, default=0)
-  parser.add_argument('--small', action='store_true',
-                      help='tiny network on 5000 images (a CPU check of the script)')
+  parser.add_argument('--data_dir', default='', help="'' resolves as the library does")
+  parser.add_argument('--margin', type=float, default=0.3, help='equivalence margin, points')
+  parser.add_argument('--small', action='store_true', help='tiny network (a CPU check)')
+  parser.add_argument('--train_subset', type=int, default=0, help='first N training images')
   parser.add_argument('--order', default='torch,jax', help='which side trains first')
-  args = parser.parse_args()
+  args = parser.parse_args(argv)
+  if args.seeds < 2:
+    parser.error('--seeds must be at least 2 for an interval')
 
   import input_pipeline
   from configs import seresnet
   from flax_seresnet import records, train
+  records.log_to_stderr()
   config = seresnet.get_config()
-  config.name = f'compare{args.epochs}'
-  config.num_epochs = args.epochs
-  config.data_dir = args.data_dir
-  config.seed = args.seed
-  config.checkpoint_every_epochs = 0
+  config.update_from_flattened_dict({
+      'name': f'compare{args.epochs}', 'num_epochs': args.epochs, 'data_dir': args.data_dir,
+      'cosine_epochs': args.cosine_epochs, 'checkpoint_every_epochs': 0,
+      'train_subset': args.train_subset, 'progress_bar': False})
   model_kwargs = None
   if args.small:
-    config.model.stage_blocks, config.model.widths = (1, 1, 1), (16, 32, 64)
-    config.train_subset = 5000
     model_kwargs = dict(stage_blocks=(1, 1, 1), widths=(16, 32, 64))
+    config.model.stage_blocks, config.model.widths = (1, 1, 1), (16, 32, 64)
   os.makedirs(args.workdir, exist_ok=True)
-  results = {}
-  for side in args.order.split(','):
-    if side == 'jax':
-      summary = train.train_and_evaluate(config, os.path.join(args.workdir, 'jax'))
-      with open(os.path.join(args.workdir, 'jax', 'metrics.jsonl')) as f:
-        history = [json.loads(line) for line in f]
-      results['jax'] = dict(summary, history=history)
-    else:
-      import torch
-      from benchmarks import torch_side
-      data = input_pipeline.load_dataset(config)
-      device = 'cuda' if torch.cuda.is_available() else 'cpu'
-      # TF32 allowed, as PyTorch's default for cuDNN convolutions and XLA's default on GPUs.
-      r = torch_side.train_torch_reference(
-          data, epochs=args.epochs, device=device, seed=args.seed, allow_tf32=True,
-          model_kwargs=model_kwargs)
-      results['torch'] = r
-      print(records.summary_line(f'torch_reference{args.epochs}', r['final_test_accuracy'],
-                                 r['best_test_accuracy'], args.epochs, r['train_s'], 0.0,
-                                 r['img_per_s'], r['device']), flush=True)
-  write_report(results, args.workdir, args.epochs)
+  data = input_pipeline.load_dataset(config)
+  runs = {'torch': [], 'jax': []}
+  for seed in range(args.seeds):
+    for side in args.order.split(','):
+      if side == 'jax':
+        config.seed = seed
+        result = train.train_and_evaluate(config, os.path.join(args.workdir, f'jax_seed{seed}'))
+        with open(os.path.join(args.workdir, f'jax_seed{seed}', 'metrics.jsonl')) as f:
+          result['history'] = [json.loads(line) for line in f]
+      else:
+        import torch
+        from benchmarks import torch_side
+        device = 'cuda' if torch.cuda.is_available() else 'cpu'
+        # TF32 allowed, as PyTorch's default for cuDNN convolutions and XLA's default on GPUs.
+        result = torch_side.train_torch_reference(
+            data, epochs=args.epochs, cosine_epochs=args.cosine_epochs, device=device,
+            seed=seed, allow_tf32=True, model_kwargs=model_kwargs, progress=False)
+        result.update(config=f'torch_reference{args.epochs}', epochs=args.epochs, compile_s=0.0)
+        print(records.summary_line(result), flush=True)
+      runs[side].append(dict(result, seed=seed))
+  write_report(runs, args)
 
 
-def write_report(results, workdir, epochs):
-  jax_r, torch_r = results.get('jax'), results.get('torch')
-  lines = [f'# PyTorch reference vs flax-seresnet, {epochs} epochs, same recipe', '',
-           '| | PyTorch reference | flax-seresnet (JAX) |', '|---|---|---|']
-
-  def cell(r, key, fmt):
-    return format(r[key], fmt) if r and key in r else '-'
-
-  for label, key, fmt in [('final test accuracy (%)', 'final_test_accuracy', '.2f'),
-                          ('best test accuracy (%)', 'best_test_accuracy', '.2f'),
-                          ('wall time, training + evaluation (s)', 'train_s', '.0f'),
-                          ('training img/s', 'img_per_s', ',.0f'),
-                          ('compile time (s)', 'compile_s', '.0f'),
-                          ('device', 'device', 's')]:
-    lines.append(f'| {label} | {cell(torch_r, key, fmt)} | {cell(jax_r, key, fmt)} |')
-  lines += ['', '| epoch | PyTorch test acc | JAX test acc | PyTorch epoch s | JAX epoch s |',
-            '|---|---|---|---|---|']
-  by_epoch = lambda r: {h['epoch']: h for h in r['history']} if r else {}
-  t, j = by_epoch(torch_r), by_epoch(jax_r)
-  for e in range(1, epochs + 1):
-    te, je = t.get(e, {}), j.get(e, {})
-    lines.append(f"| {e} | {te.get('test_accuracy', float('nan')):.2f} | "
-                 f"{je.get('test_accuracy', float('nan')):.2f} | "
-                 f"{te.get('epoch_train_s', float('nan')):.1f} | "
-                 f"{je.get('epoch_train_s', float('nan')):.1f} |")
+def write_report(runs, args):
+  final = {side: [r['final_test_accuracy'] for r in rs] for side, rs in runs.items()}
+  seconds = {side: statistics.mean(r['train_s'] for r in rs) for side, rs in runs.items()}
+  difference, low, high = welch_interval(final['jax'], final['torch'])
+  lines = [f'# PyTorch reference vs flax-seresnet: {args.epochs} epochs, {args.seeds} seeds a side',
+           '', f"Recipe: configs/seresnet.py, cosine T_max={args.cosine_epochs or args.epochs}, "
+           f"device {runs['jax'][0]['device']}.", '',
+           '| side | seed | final test acc | best test acc | training + eval s | train img/s |',
+           '|---|---|---|---|---|---|']
+  for side, label in (('torch', 'PyTorch'), ('jax', 'JAX')):
+    for r in runs[side]:
+      lines.append(f"| {label} | {r['seed']} | {r['final_test_accuracy']:.2f} | "
+                   f"{r['best_test_accuracy']:.2f} | {r['train_s']:.0f} | {r['img_per_s']:,.0f} |")
+  lines += ['', '| side | mean final acc | std | mean training + eval s |', '|---|---|---|---|']
+  for side, label in (('torch', 'PyTorch'), ('jax', 'JAX')):
+    lines.append(f'| {label} | {statistics.mean(final[side]):.2f} | '
+                 f'{statistics.stdev(final[side]):.2f} | {seconds[side]:.0f} |')
+  lines += ['', f'Difference JAX - PyTorch: {difference:+.2f} points, 95% interval (Welch) '
+            f'[{low:+.2f}, {high:+.2f}]: {verdict(low, high, args.margin)}.',
+            f"Training time: PyTorch / JAX = {seconds['torch'] / seconds['jax']:.2f}x."]
   report = '\n'.join(lines) + '\n'
-  with open(os.path.join(workdir, 'compare.md'), 'w') as f:
+  with open(os.path.join(args.workdir, 'compare.md'), 'w') as f:
     f.write(report)
+  with open(os.path.join(args.workdir, 'compare.json'), 'w') as f:
+    json.dump({'runs': runs, 'difference': difference, 'interval': [low, high],
+               'margin': args.margin}, f, indent=1, default=str)
   print(report, flush=True)
   import matplotlib
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
   fig, ax = plt.subplots(figsize=(7, 4))
-  for name, r in (('PyTorch reference', torch_r), ('flax-seresnet (JAX)', jax_r)):
-    if r:
+  for (side, label), color in zip((('torch', 'PyTorch reference'), ('jax', 'flax-seresnet')),
+                                  ('tab:orange', 'tab:blue')):
+    for i, r in enumerate(runs[side]):
       points = [(h['epoch'], h['test_accuracy']) for h in r['history'] if 'test_accuracy' in h]
-      ax.plot(*zip(*points), label=name)
-  ax.set(xlabel='epoch', ylabel='test accuracy (%)', title=f'{epochs}-epoch published recipe')
+      ax.plot(*zip(*points), color=color, alpha=0.7, label=label if i == 0 else None)
+  ax.set(xlabel='epoch', ylabel='test accuracy (%)', title=f'{args.epochs}-epoch published recipe')
   ax.grid(alpha=0.3)
   ax.legend()
   fig.tight_layout()
-  fig.savefig(os.path.join(workdir, 'compare.png'), dpi=100)
-  with open(os.path.join(workdir, 'compare.json'), 'w') as f:
-    json.dump(results, f, indent=1, default=str)
+  fig.savefig(os.path.join(args.workdir, 'compare.png'), dpi=100)
 
 
 if __name__ == '__main__':

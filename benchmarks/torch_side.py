@@ -333,7 +333,7 @@ class TorchTrainer:
   """The published PyTorch recipe with the dataset and augmentation on the device.
 
   SGD(lr, momentum, weight_decay) on all parameters; CosineAnnealingLR
-  (T_max=epochs) stepped once per epoch; clip_grad_value_ before each step;
+  (T_max=cosine_epochs or epochs) stepped once per epoch; clip_grad_value_ before each step;
   cross-entropy; fp32 eager; batches of `batch_size` with the last partial
   batch kept (391 steps per epoch for 50,000 images at 128). Each epoch's
   shuffle, crops and flips come from one torch.Generator on the device seeded
@@ -348,6 +348,7 @@ class TorchTrainer:
                *,
                epochs: int,
                device: str,
+               cosine_epochs: int = 0,
                batch_size: int = 128,
                lr: float = LEARNING_RATE,
                momentum: float = MOMENTUM,
@@ -364,8 +365,10 @@ class TorchTrainer:
 
     Args:
       data: the `input_pipeline.Cifar10` arrays (uint8 NHWC, int labels).
-      epochs: epochs to train; also the cosine's T_max, as published.
+      epochs: epochs to train.
       device: torch device string ('cuda', 'cuda:1', 'cpu').
+      cosine_epochs: the cosine's T_max; 0: `epochs`. The original hard-codes 200 whatever
+        the number of epochs (the same as `epochs` for its 200-epoch run).
       batch_size: training batch; the last partial batch is kept.
       lr, momentum, weight_decay: SGD settings (coupled weight decay).
       clip_value: per-element gradient clip (clip_grad_value_); None: none.
@@ -403,7 +406,8 @@ class TorchTrainer:
     self.device = torch.device(device)
     self.model = _make_model(model_kwargs, seed).to(self.device)
     self.optimizer = _sgd(self.model, lr, momentum, weight_decay)
-    self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=epochs)
+    self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+        self.optimizer, T_max=cosine_epochs or epochs)
     # uint8 NHWC crosses to the device (4x fewer bytes than float); the NCHW
     # transpose happens there. ~150 MB for all of CIFAR-10's training set.
     self.train_images = self._to_device_nchw(data.train_images)

@@ -1,8 +1,10 @@
 """A run's records in its workdir: metrics.jsonl (one line per epoch), TensorBoard events and
 curves.png. Only process 0 writes, and only once per epoch, never per step."""
 import json
+import logging as std_logging
 import os
 
+from absl import logging
 from tensorboardX import SummaryWriter
 
 
@@ -65,3 +67,13 @@ def summary_line(summary: dict) -> str:
           f"best_test_accuracy={summary['best_test_accuracy']:.2f} epochs={summary['epochs']} "
           f"train_s={summary['train_s']:.0f} compile_s={summary['compile_s']:.0f} "
           f"img_per_s={summary['img_per_s']:.0f} device={summary['device'].replace(' ', '_')}")
+
+
+def log_to_stderr() -> None:
+  """The command line's log: this project's lines, plain, on stderr (INFO and up); other
+  libraries' (orbax's above all, which logs through absl too) only from ERROR up."""
+  logging.set_verbosity(logging.INFO)
+  handler = logging.get_absl_handler()
+  handler.setFormatter(std_logging.Formatter('%(message)s'))
+  handler.addFilter(lambda record: record.levelno >= std_logging.ERROR or any(
+      part in record.pathname for part in ('flax_seresnet', 'input_pipeline', 'main.py')))

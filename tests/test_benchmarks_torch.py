@@ -200,3 +200,40 @@ def test_trainer_refuses_bad_data():
   bad = data._replace(train_images=data.train_images.astype(np.float32))
   with pytest.raises(ValueError, match='train_images'):
     torch_side.TorchTrainer(bad, epochs=1, device='cpu', model_kwargs=TINY_MODEL)
+
+
+def test_the_cosine_horizon_can_be_the_originals_200_epochs():
+  trainer = torch_side.TorchTrainer(fake_data(train=64, test=64), epochs=2, cosine_epochs=200,
+                                    batch_size=64, device='cpu', model_kwargs=TINY_MODEL,
+                                    progress=False, log=None)
+  history = trainer.run()['history']
+  np.testing.assert_allclose([r['learning_rate'] for r in history],
+                             [0.05 * (1 + math.cos(math.pi * e / 200)) for e in range(2)])
+
+
+def test_welch_interval_matches_scipy_and_not_the_pooled_one():
+  from scipy import stats
+  from benchmarks import compare
+  a, b = [94.1, 94.5, 93.9, 94.4], [93.2, 94.6, 92.8]  # unequal variances
+  difference, low, high = compare.welch_interval(a, b)
+  expected = stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
+  np.testing.assert_allclose([low, high], [expected.low, expected.high], rtol=1e-9)
+  assert difference == pytest.approx(np.mean(a) - np.mean(b))
+  pooled = stats.ttest_ind(a, b, equal_var=True).confidence_interval(0.95)
+  assert abs(pooled.low - low) > 0.01  # the check tells Welch's interval from Student's
+  assert 'the same accuracy' in compare.verdict(-0.1, 0.2, 0.3)
+  assert 'more seeds' in compare.verdict(-0.5, 0.2, 0.3)
+  assert 'equivalent' in compare.verdict(0.05, 0.2, 0.3)
+  assert 'JAX trains to a higher' in compare.verdict(0.5, 0.9, 0.3)
+
+
+def test_compare_runs_the_protocol_end_to_end(learnable_cifar10_dir, tmp_path):
+  from benchmarks import compare
+  compare.main(['--epochs', '1', '--seeds', '2', '--small', '--workdir', str(tmp_path),
+                '--data_dir', str(learnable_cifar10_dir)])
+  report = (tmp_path / 'compare.md').read_text()
+  assert report.count('| PyTorch |') == 3 and report.count('| JAX |') == 3  # 2 runs + mean
+  assert '95% interval (Welch)' in report and 'Training time: PyTorch / JAX = ' in report
+  result = __import__('json').loads((tmp_path / 'compare.json').read_text())
+  assert [r['seed'] for r in result['runs']['jax']] == [0, 1]
+  assert (tmp_path / 'compare.png').stat().st_size > 1000
