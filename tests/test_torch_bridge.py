@@ -16,7 +16,7 @@ from flax_seresnet.errors import CheckpointError  # noqa: E402
 from flax_seresnet.model import BatchNorm  # noqa: E402
 from flax_seresnet.reference import TorchSEResNet  # noqa: E402
 from flax_seresnet.torch_bridge import (infer_model_config, load_torch_checkpoint,  # noqa: E402
-                                        to_torch_state_dict)
+                                        read_state_dict, to_torch_state_dict)
 
 ORIGINAL_KEYS = ['conv1.weight', 'bn1.running_var', 'seblock.conv1.weight', 'seblock.conv2.bias',
                  'residual_layers.0.0.conv1.weight', 'residual_layers.2.2.bn2.bias',
@@ -224,3 +224,47 @@ def test_explicit_model_config_dict():
   variables = load_torch_checkpoint(net.state_dict(),
                                     model={'stage_blocks': (1, 1, 1), 'widths': (16, 32, 64)})
   assert variables['params']['linear']['kernel'].shape == (64, 10)
+
+
+@pytest.mark.parametrize('numpy_names', ['numpy._core', 'numpy.core'])
+def test_the_originals_checkpoint_evaluates_through_the_cli(learnable_cifar10_dir, tmp_path,
+                                                           numpy_names):
+  """A file written as the original script writes it (DataParallel keys, float acc, int epoch,
+  a config holding numpy scalars, under numpy 2.x's or 1.x's module names) gives the torch
+  twin's logits, and `main.py --mode eval --torch_checkpoint` its accuracy."""
+  import io
+  import os
+  import subprocess
+  import sys
+  import zipfile
+  from tests.train_helpers import REPO, tiny_config
+  import input_pipeline
+  net = randomised_reference(seed=5, stage_blocks=(1, 1, 1), widths=(8, 16, 16)).eval()
+  buffer = io.BytesIO()
+  torch.save({'net': {f'module.{k}': v for k, v in net.state_dict().items()}, 'acc': 12.5,
+              'epoch': 3, 'config': {'lr': 0.1, 'total_params': np.int64(12345),
+                                     'drop': np.float64(0.0)}}, buffer)
+  path = tmp_path / 'ckpt.pth'
+  with zipfile.ZipFile(buffer) as src, zipfile.ZipFile(path, 'w') as dst:
+    for item in src.infolist():  # the same file, with numpy 1.x's module names if asked
+      data = src.read(item)
+      if item.filename.endswith('data.pkl'):
+        data = data.replace(b'numpy._core.multiarray', f'{numpy_names}.multiarray'.encode())
+      dst.writestr(item, data)
+  config = tiny_config(learnable_cifar10_dir)
+  data = input_pipeline.load_dataset(config)
+  x = np.asarray(input_pipeline.normalize(data.test_images))
+  with torch.no_grad():
+    expected = net(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy()
+  variables = load_torch_checkpoint(path)
+  got = np.asarray(SEResNet(**infer_model_config(read_state_dict(path))).apply(
+      variables, jnp.asarray(x), train=False))
+  assert np.abs(got - expected).max() <= 1e-4 and np.abs(expected).max() > 0.1
+  result = subprocess.run(
+      [sys.executable, str(REPO / 'main.py'), '--config', 'configs/smoke.py', '--mode=eval',
+       f'--torch_checkpoint={path}', f'--config.data_dir={learnable_cifar10_dir}',
+       '--config.eval_batch_size=64', '--config.train_subset=0'], capture_output=True, text=True, cwd=REPO, timeout=300,
+      env=dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS='cpu'))
+  assert result.returncode == 0, result.stderr[-3000:]
+  accuracy = 100 * np.mean(expected.argmax(1) == data.test_labels)
+  assert result.stderr.strip().splitlines()[-1] == f'test_accuracy={accuracy:.2f}'

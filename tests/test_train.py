@@ -291,10 +291,11 @@ def test_evaluation_says_what_it_uses_and_matches_training(straight, learnable_c
 
 
 def test_eval_and_predict_never_create_folders(tmp_path):
-  for workdir in (tmp_path / 'missing', tmp_path):
+  (tmp_path / 'file').write_text('not a workdir')
+  for workdir in (tmp_path / 'missing', tmp_path, tmp_path / 'file'):
     with pytest.raises(CheckpointError, match='holds no checkpoints'):
       train.evaluate(tiny_config(), str(workdir))
-  assert list(tmp_path.iterdir()) == []
+  assert [p.name for p in tmp_path.iterdir()] == ['file']
 
 
 def test_predict_writes_one_row_per_id_as_evaluation_predicts(straight, learnable_cifar10_dir,
