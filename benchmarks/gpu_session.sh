@@ -1,64 +1,103 @@
 #!/usr/bin/env bash
-# The project's GPU checks, in three parts that also carry real CIFAR-10 to the GPU machine
-# (a call carries at most 64 MiB: two batch files per part). Run from the repository root:
-#   bash benchmarks/gpu_session.sh a   # env check, JAX throughput rows      (data_batch_1, 2)
-#   bash benchmarks/gpu_session.sh b   # PyTorch throughput rows, one table   (data_batch_3, 4)
-#   bash benchmarks/gpu_session.sh c   # configs/fast.py x 3 seeds, then the published recipe
-#                                      # cut to 40 epochs while time is left (the rest)
-# Logs go to $OUT (or ./gpu_out); state between parts lives in /root (cifar, caches, results).
+# The project's GPU runs, in parts made back to back on one warm machine (/root survives between
+# calls while the machine is held; carried folders do not). Run from the repository root:
+#   bash benchmarks/gpu_session.sh prepare     # HERE, before the first call: .gpu-data/{a,b,c,d}
+#                                              # (real CIFAR-10 split to fit the 64 MiB a call
+#                                              # carries, and the shifted set) and .whl/
+#   bash benchmarks/gpu_session.sh a|b|c       # carry .gpu-data/a, b, c: two batch files each
+#   bash benchmarks/gpu_session.sh published1  # issue 13: configs/seresnet.py epochs 1-100
+#   bash benchmarks/gpu_session.sh published2  # epochs 101-200, then shifted-set predictions,
+#                                              # plain and flip-TTA (carry .gpu-data/d)
+#   bash benchmarks/gpu_session.sh fast        # configs/fast.py seed 0 + its shifted predictions
+#   bash benchmarks/gpu_session.sh parity      # issue 14: compare.py 20 epochs x 3 seeds a side,
+#                                              # BatchNorm variance cost (one- vs two-pass)
+#   bash benchmarks/gpu_session.sh ablate      # issue 15: one change at a time vs configs/fast.py
+# Logs and CSVs go to $OUT (./gpu_out by default): copy them to docs/results/.
+# SMALL=1 runs every part at a tiny scale (a CPU check of this script; DATA=folder of batches).
 set -uo pipefail
-part=${1:?part a, b or c}
-OUT=${OUT:-gpu_out}; mkdir -p "$OUT" /root/cifar /root/site
-export PYTHONUNBUFFERED=1 PYTHONPATH=/root/site:$PWD
-export JAX_COMPILATION_CACHE_DIR=/root/jax_cache   # later parts and seeds reuse compilations
+part=${1:?part: prepare, a, b, c, published1, published2, fast, parity or ablate}
+OUT=${OUT:-gpu_out}; ROOT=${ROOT:-/root}; DATA=${DATA:-$ROOT/cifar}
+mkdir -p "$OUT" "$DATA" "$ROOT/site" "$ROOT/runs"
+export PYTHONUNBUFFERED=1 PYTHONPATH=$ROOT/site:$PWD
+export JAX_COMPILATION_CACHE_DIR=$ROOT/jax_cache   # later parts and seeds reuse compilations
 export XLA_PYTHON_CLIENT_PREALLOCATE=false
-DATA=/root/cifar
-[ -d .gpu-data/$part ] && cp .gpu-data/$part/* $DATA/
-if [ -d .whl ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /root/site .whl/*.whl
+PY=${PY:-python3}
+if [ "${SMALL:-0}" = 1 ]; then  # a tiny network, few epochs: checks the commands, not results
+  tiny=(--config.model.stage_blocks='(1,1,1)' --config.model.widths='(8,16,16)'
+        --config.train_subset=0 --config.batch_size=64 --config.eval_batch_size=64)
+  EPOCHS=4; HALF=2; FAST_EPOCHS=2; SEEDS=2; CMP_EPOCHS=1; SMALL_FLAG=--small
+else
+  tiny=(); EPOCHS=200; HALF=100; FAST_EPOCHS=0; SEEDS=3; CMP_EPOCHS=20; SMALL_FLAG=
+fi
+[ -d ".gpu-data/$part" ] && cp .gpu-data/"$part"/* "$DATA"/
+if [ -d .whl ] && [ "$part" != prepare ]; then  # ml_collections and tensorboardX: not on the GPU
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target "$ROOT/site" .whl/*.whl
 fi
 start=$(date +%s)
+published() {
+  $PY main.py --config configs/seresnet.py --workdir "$ROOT/runs/published200" \
+    --config.name=published200 --config.data_dir="$DATA" --config.num_epochs=$EPOCHS \
+    --config.progress_bar=False "${tiny[@]}" "$@"
+}
+shifted=$DATA/cifar10_shifted_nolabels.pkl
 
 case $part in
-a)
-  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-  python3 -c "import sys, jax, flax, optax, orbax.checkpoint as o, torch; print(sys.version.split()[0], 'jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__, 'torch', torch.__version__, jax.devices())"
-  python3 benchmarks/throughput.py --parts=jax --jax_rows=float32:128,bfloat16:128,bfloat16:512 \
-    --augment_overhead_row=bfloat16:512 --epoch_loop_row=float32:128 \
-    --out /root/throughput_jax.json 2>&1 | tee "$OUT/throughput_jax.log"
+prepare)
+  S=${SHARED:-../shared}/data
+  mkdir -p .gpu-data/a .gpu-data/b .gpu-data/c .gpu-data/d .whl
+  grep -qx '/.gpu-data/' .git/info/exclude 2>/dev/null || echo /.gpu-data/ >> .git/info/exclude
+  cp $S/cifar-10-batches-py/data_batch_[12] .gpu-data/a/
+  cp $S/cifar-10-batches-py/data_batch_[34] .gpu-data/b/
+  cp $S/cifar-10-batches-py/{data_batch_5,test_batch,batches.meta} .gpu-data/c/
+  cp $S/shifted/cifar10_shifted_nolabels.pkl .gpu-data/d/
+  $PY -m pip download -q --no-deps --only-binary=:all: -d .whl ml_collections tensorboardX
+  du -sh .gpu-data/* .whl
   ;;
-b)
-  python3 benchmarks/throughput.py --parts=torch --out /root/throughput_torch.json 2>&1 \
-    | tee "$OUT/throughput_torch.log"
-  python3 benchmarks/merge_throughput.py /root/throughput_jax.json /root/throughput_torch.json \
-    | tee "$OUT/throughput.md"
+a|b|c)
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
+  ls "$DATA"
   ;;
-c)
-  budget=${BUDGET_S:-560}   # stop starting runs that would not finish inside this call
-  epochs=$(python3 - <<'PY'
-import json
-rows = json.load(open('/root/throughput_jax.json'))['rows']
-img_s = next(r['img_per_s'] for r in rows if r['variant'] == 'jit bfloat16' and r['batch'] == 512)
-# 50 s of training at the measured step rate (49,664 images an epoch), within 30..80 epochs.
-print(max(30, min(80, int(50 * img_s * 0.95 / 49664))))
-PY
-)
-  echo "fast: num_epochs=$epochs"
-  for seed in 0 1 2; do
-    python3 main.py --config configs/fast.py --workdir /root/runs/fast_seed$seed \
-      --config.seed=$seed --config.num_epochs=$epochs --config.data_dir=$DATA \
-      2>&1 | tee "$OUT/fast_seed$seed.log"
+published1)
+  published --config.max_epochs_this_run=$HALF 2>&1 | tee "$OUT/published200.log"
+  ;;
+published2)
+  published 2>&1 | tee -a "$OUT/published200.log"
+  for tta in False True; do
+    csv=$OUT/published200_shifted$([ $tta = True ] && echo _tta).csv
+    published --mode predict --input "$shifted" --output "$csv" --config.eval_flip_tta=$tta \
+      2>&1 | tail -3
   done
-  left=$(( budget - ($(date +%s) - start) ))
-  echo "seconds left for the 40-epoch published recipe: $left"
-  if [ "$left" -gt 170 ]; then
-    python3 main.py --config configs/seresnet.py --workdir /root/runs/published40 \
-      --config.num_epochs=40 --config.name=published40 --config.data_dir=$DATA \
-      --config.checkpoint_every_epochs=0 --config.progress_bar=False \
-      2>&1 | tee "$OUT/published40.log"
-  fi
-  echo; echo "== summaries =="; grep -h '^summary:' "$OUT"/*.log
   ;;
+fast)
+  fast=(--config configs/fast.py --workdir "$ROOT/runs/fast_seed0" --config.seed=0
+        --config.data_dir="$DATA" "${tiny[@]}")
+  [ "$FAST_EPOCHS" -gt 0 ] && fast+=(--config.num_epochs=$FAST_EPOCHS --config.warmup_epochs=1)
+  $PY main.py "${fast[@]}" 2>&1 | tee "$OUT/fast_seed0.log"
+  $PY main.py "${fast[@]}" --mode predict --input "$shifted" --output "$OUT/fast_shifted.csv" \
+    2>&1 | tail -3
+  ;;
+parity)
+  $PY benchmarks/compare.py --epochs $CMP_EPOCHS --seeds $SEEDS --data_dir "$DATA" \
+    --workdir "$ROOT/runs/compare$CMP_EPOCHS" $SMALL_FLAG 2>&1 | tee "$OUT/compare$CMP_EPOCHS.log"
+  cp "$ROOT/runs/compare$CMP_EPOCHS"/compare.{md,json,png} "$OUT/"
+  $PY benchmarks/throughput.py --parts=jax --jax_rows=float32:128,bfloat16:512 \
+    --one_pass_bn_rows=float32:128,bfloat16:512 --augment_overhead_row= \
+    --epoch_loop_row=float32:128 $SMALL_FLAG 2>&1 | tee "$OUT/throughput_bn.log"
+  ;;
+ablate)
+  # Each change alone against configs/fast.py at its own epochs; about 50 s a run on an H200.
+  changes=(label_smoothing=0.0 nesterov=False eval_flip_tta=False warmup_epochs=0.0
+           schedule_per_step=False ema_decay=0.999)
+  set_args=(--set "data_dir=$DATA")
+  [ "${SMALL:-0}" = 1 ] && set_args+=(--set 'model.stage_blocks=(1,1,1)'
+    --set 'model.widths=(8,16,16)' --set num_epochs=2 --set warmup_epochs=1.0 --set train_subset=0
+    --set batch_size=64)
+  $PY benchmarks/ablate.py --base configs/fast.py --out "$ROOT/runs/ablate" "${set_args[@]}" \
+    $(printf -- '--change %s ' "${changes[@]}") 2>&1 | tee "$OUT/ablate.log"
+  ;;
+*)
+  echo "unknown part $part" >&2; exit 2 ;;
 esac
 echo "part $part took $(( $(date +%s) - start )) s"
+echo "== summaries =="; grep -h '^summary:' "$OUT"/*.log 2>/dev/null

@@ -7,8 +7,9 @@
 Rows (same architecture, 4,697,742 parameters, synthetic data already on the device):
   jax    the library's jitted train step as training runs it (index gather, on-device
          augmentation, forward, backward, clipping, SGD), float32 and bfloat16, batch 128 and 512;
-         also the same step without augmentation (its cost) and the full epoch loop with its
-         progress bar (host overhead), both relative to the bare step;
+         also the same step without augmentation (its cost), with the one-pass BatchNorm
+         variance (what the two-pass fix costs, --one_pass_bn_rows) and the full epoch loop with
+         its progress bar (host overhead), each relative to the bare step;
   torch  the reference: eager float32 as published, bfloat16 autocast + channels_last, and the
          same under torch.compile.
 Each figure is the median of timed windows after warm-up; ratios are to the PyTorch published
@@ -22,12 +23,15 @@ os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')  # share the GPU
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import argparse
+import contextlib
 import json
 import statistics
 import tempfile
 import time
 
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -48,6 +52,38 @@ def jax_trainer(dtype: str, batch_size: int, augment: bool = True, dataset: str 
     config.model.widths = (16, 32, 64)
     config.train_subset = 20 * batch_size
   return train.Trainer(config, tempfile.mkdtemp(prefix='throughput_'))
+
+
+@contextlib.contextmanager
+def one_pass_batch_norm():
+  """The model with the BatchNorm variance as E[x^2] - E[x]^2 in one pass (the formula before the
+  two-pass fix; unsound when |mean| >> std): to measure what the fix costs. Single device only."""
+  from flax_seresnet import model
+
+  class OnePass(model.BatchNorm):
+
+    @nn.compact
+    def __call__(self, x, train):
+      scale = self.param('scale', nn.initializers.ones, (x.shape[-1],), jnp.float32)
+      bias = self.param('bias', nn.initializers.zeros, (x.shape[-1],), jnp.float32)
+      ra_mean = self.variable('batch_stats', 'mean', jnp.zeros, (x.shape[-1],), jnp.float32)
+      ra_var = self.variable('batch_stats', 'var', jnp.ones, (x.shape[-1],), jnp.float32)
+      x32 = x.astype(jnp.float32)
+      mean, var = ra_mean.value, ra_var.value
+      if train:
+        mean, mean_sq = jnp.mean(x32, (0, 1, 2)), jnp.mean(jnp.square(x32), (0, 1, 2))
+        var = jnp.maximum(mean_sq - jnp.square(mean), 0.0)
+        if not self.is_initializing():
+          n = x32.size // x.shape[-1]
+          ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+          ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var * n / (n - 1)
+      return ((x32 - mean) * (jax.lax.rsqrt(var + self.epsilon) * scale) + bias).astype(self.dtype)
+
+  saved, model.BatchNorm = model.BatchNorm, OnePass
+  try:
+    yield
+  finally:
+    model.BatchNorm = saved
 
 
 def jax_step_throughput(trainer, warmup: int, steps: int, repeats: int) -> dict:
@@ -89,6 +125,8 @@ def main():
                       help='dtype:batch whose step is also timed without augmentation')
   parser.add_argument('--epoch_loop_row', default='float32:128',
                       help='dtype:batch whose full epoch loop is timed against its bare step')
+  parser.add_argument('--one_pass_bn_rows', default='',
+                      help='dtype:batch,... also timed with the one-pass BatchNorm variance')
   parser.add_argument('--dataset', default='synthetic', help="'synthetic' or 'cifar10'")
   parser.add_argument('--data_dir', default='')
   parser.add_argument('--warmup', type=int, default=10)
@@ -101,6 +139,7 @@ def main():
     args.warmup, args.steps, args.repeats = 1, 3, 1
     args.jax_rows, args.torch_rows = 'float32:32,bfloat16:32', 'eager_fp32:32,bf16_channels_last:32'
     args.augment_overhead_row, args.epoch_loop_row = 'float32:32', 'float32:32'
+    args.one_pass_bn_rows = args.one_pass_bn_rows and 'float32:32'
   parts = set(args.parts.split(','))
   device = jax.devices()[0].device_kind
   rows = []
@@ -125,6 +164,14 @@ def main():
         overhead = plain['img_per_s'] / result['img_per_s'] - 1
         row('jax', f'jit {dtype} no augmentation', int(batch), plain['img_per_s'],
             f'augmentation adds {100 * overhead:.1f}% to the step time')
+      if spec in args.one_pass_bn_rows.split(','):
+        with one_pass_batch_norm():
+          old = jax_step_throughput(jax_trainer(dtype, int(batch), dataset=args.dataset,
+                                                data_dir=args.data_dir, small=args.small),
+                                    args.warmup, args.steps, args.repeats)
+        row('jax', f'jit {dtype}, one-pass BN variance', int(batch), old['img_per_s'],
+            f"the two-pass variance costs {100 * (old['img_per_s'] / result['img_per_s'] - 1):.1f}%"
+            ' of the step time')
       if spec == args.epoch_loop_row:
         looped = jax_trainer(dtype, int(batch), dataset=args.dataset, data_dir=args.data_dir,
                              small=args.small, progress_bar=True)

@@ -4,7 +4,6 @@ import json
 import logging as std_logging
 import os
 
-from absl import logging
 from tensorboardX import SummaryWriter
 
 
@@ -72,8 +71,11 @@ def summary_line(summary: dict) -> str:
 def log_to_stderr() -> None:
   """The command line's log: this project's lines, plain, on stderr (INFO and up); other
   libraries' (orbax's above all, which logs through absl too) only from ERROR up."""
-  logging.set_verbosity(logging.INFO)
-  handler = logging.get_absl_handler()
+  handler = std_logging.StreamHandler()  # not absl's handler: it exists only under app.run
   handler.setFormatter(std_logging.Formatter('%(message)s'))
   handler.addFilter(lambda record: record.levelno >= std_logging.ERROR or any(
       part in record.pathname for part in ('flax_seresnet', 'input_pipeline', 'main.py')))
+  logger = std_logging.getLogger('absl')
+  logger.handlers, logger.propagate = [handler], False
+  logger.setLevel(std_logging.INFO)
+  std_logging.getLogger().setLevel(std_logging.WARNING)  # e.g. jax's INFO about absent TPUs

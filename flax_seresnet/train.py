@@ -245,8 +245,9 @@ class Trainer:
                             for k, v in record.items()))
       if epoch == self.start_epoch and stop_at > epoch + 1:
         took = time.perf_counter() - t0
-        logging.info('epoch %d took %.1f s: about %s for the %d epochs left in this run.',
-                     epoch + 1, took, _duration(took * (stop_at - epoch - 1)), stop_at - epoch - 1)
+        left = stop_at - epoch - 1
+        logging.info('epoch %d took %.1f s: about %s for the %d epoch%s left in this run.',
+                     epoch + 1, took, _duration(took * left), left, 's' if left > 1 else '')
       if periodic:
         self.records.plot()
     if self.start_epoch >= stop_at:

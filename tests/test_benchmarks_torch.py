@@ -230,7 +230,7 @@ def test_welch_interval_matches_scipy_and_not_the_pooled_one():
 def test_compare_runs_the_protocol_end_to_end(learnable_cifar10_dir, tmp_path):
   from benchmarks import compare
   compare.main(['--epochs', '1', '--seeds', '2', '--small', '--workdir', str(tmp_path),
-                '--data_dir', str(learnable_cifar10_dir)])
+                '--data_dir', str(learnable_cifar10_dir), '--train_subset', '256'])
   report = (tmp_path / 'compare.md').read_text()
   assert report.count('| PyTorch |') == 3 and report.count('| JAX |') == 3  # 2 runs + mean
   assert '95% interval (Welch)' in report and 'Training time: PyTorch / JAX = ' in report

@@ -158,8 +158,8 @@ def test_bfloat16_full_size_eval_shape_keeps_float32_state():
 
 def test_torch_default_initialisation_bounds():
   # One block per stage keeps the published widths, hence the fan-ins checked below.
-  variables = SEResNet(stage_blocks=(1, 1, 1)).init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)),
-                                                    train=False)
+  init = jax.jit(SEResNet(stage_blocks=(1, 1, 1)).init, static_argnames='train')
+  variables = init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
   p = variables['params']
   for kernel, fan_in in [(p['conv1']['kernel'], 27), (p['residual_layers_2_0']['conv2']['kernel'],
                                                       256 * 9), (p['linear']['kernel'], 256)]:

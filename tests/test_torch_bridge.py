@@ -260,6 +260,8 @@ def test_the_originals_checkpoint_evaluates_through_the_cli(learnable_cifar10_di
   got = np.asarray(SEResNet(**infer_model_config(read_state_dict(path))).apply(
       variables, jnp.asarray(x), train=False))
   assert np.abs(got - expected).max() <= 1e-4 and np.abs(expected).max() > 0.1
+  if numpy_names == 'numpy.core':
+    return  # the command line reads the file through the same loader: one run of it suffices
   result = subprocess.run(
       [sys.executable, str(REPO / 'main.py'), '--config', 'configs/smoke.py', '--mode=eval',
        f'--torch_checkpoint={path}', f'--config.data_dir={learnable_cifar10_dir}',

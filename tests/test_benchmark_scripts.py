@@ -1,0 +1,24 @@
+"""The JAX-only benchmark scripts at a tiny scale on the CPU (the GPU runs use the same code)."""
+import pathlib
+import sys
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+  sys.path.insert(0, str(REPO))
+
+from benchmarks import ablate  # noqa: E402
+
+
+def test_ablate_runs_the_base_and_each_change(learnable_cifar10_dir, tmp_path, capsys):
+  # The tiny config's settings: this session's compilation cache serves the train step.
+  tiny = ['model.widths=(8, 16, 16)', 'train_subset=0', 'num_epochs=3', 'batch_size=64',
+          'eval_batch_size=64', 'num_devices=1', 'eval_flip_tta=False']
+  ablate.main(['--base', str(REPO / 'configs' / 'smoke.py'), '--out', str(tmp_path),
+               '--data_dir', str(learnable_cifar10_dir), '--change', 'eval_flip_tta=True',
+               *[f'--set={s}' for s in tiny]])
+  table = (tmp_path / 'ablate.md').read_text().splitlines()
+  assert table[2].startswith('| none (the base) | 1 | ') and '| +0.00 |' in table[2]
+  assert table[3].startswith('| eval_flip_tta=True | 1 | ')
+  runs = sorted(p.name for p in tmp_path.iterdir() if p.is_dir())
+  assert runs == ['run0_seed0', 'run1_seed0']
+  assert '| eval_flip_tta=True |' in capsys.readouterr().out
