@@ -145,15 +145,10 @@ def _dict_bomb():
 HOSTILE = _hostile()
 
 _RUNNER = r'''
-import json, resource, sys, time
+import json, sys, time
 from flax_seresnet.errors import DataError
 from input_pipeline.safe_pickle import safe_load
-def peak_mb():  # VmHWM: unlike ru_maxrss, not inherited from the parent across fork and exec
-  try:
-    with open('/proc/self/status') as status:
-      return next(int(l.split()[1]) for l in status if l.startswith('VmHWM')) / 1024
-  except OSError:  # not Linux
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+from tests.memory import peak_mb
 results = {}
 for path in sys.argv[1:]:
   print(path, file=sys.stderr, flush=True)  # names the file if the process crashes

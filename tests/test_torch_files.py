@@ -4,10 +4,13 @@ import collections
 import pickle
 import subprocess
 import sys
+import pathlib
 import zipfile
 
 import numpy as np
 import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 from flax_seresnet.errors import CheckpointError
 from input_pipeline.safe_pickle import load_torch_file
@@ -124,13 +127,8 @@ def test_damaged_files(original, tmp_path, damage, expected):
 
 
 _TORCH_ALONE = r'''
-import resource, sys, numpy as np, torch
-def peak_mb():  # VmHWM: unlike ru_maxrss, not inherited from the parent across fork and exec
-  try:
-    with open('/proc/self/status') as status:
-      return next(int(l.split()[1]) for l in status if l.startswith('VmHWM')) / 1024
-  except OSError:  # not Linux
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+import sys, numpy as np, torch
+from tests.memory import peak_mb
 before = peak_mb()
 with torch.serialization.safe_globals([np._core.multiarray.scalar, np.dtype,
                                        np.dtypes.Int64DType, np.dtypes.Float64DType]):
@@ -156,7 +154,7 @@ def test_zip_bomb_is_refused_before_inflating(original, tmp_path, monkeypatch):
   assert path.stat().st_size < 4 << 20
   # Control, in a fresh process: torch alone loads it, its peak memory growing by the 256 MB.
   done = subprocess.run([sys.executable, '-c', _TORCH_ALONE, str(path)], capture_output=True,
-                        text=True, timeout=120, check=False)
+                        text=True, timeout=120, check=False, cwd=REPO)
   assert done.returncode == 0 and float(done.stdout.split()[-1]) > 200, done.stderr[-2000:]
 
   def inflate(*args, **kwargs):
