@@ -2,7 +2,8 @@
 
   python main.py --config configs/seresnet.py --workdir runs/seresnet
   python main.py --config configs/seresnet.py --config.num_epochs=5 --config.data_dir=DIR ...
-  python main.py --config configs/seresnet.py --workdir runs/seresnet --mode eval [--checkpoint best]
+  python main.py --config configs/seresnet.py --workdir runs/seresnet --mode eval \
+      [--checkpoint best]
   python main.py --config configs/seresnet.py --mode eval --torch_checkpoint ckpt.pth
   python main.py --config configs/seresnet.py --workdir runs/seresnet --mode predict \
       --input hidden_test.pkl --output predictions.csv

@@ -71,10 +71,11 @@ class Checkpoints:
     """Saves host pytrees `items` for `epoch`; `test_accuracy` ranks it for 'best'."""
     if not all(_finite(tree) for tree in items.values()):
       kept = self.epochs()
+      last = (f'epoch {kept[-1]} is the last good checkpoint in {self.directory}' if kept
+              else 'no checkpoint was kept')
       raise TrainingDiverged(
           f'the state after epoch {epoch} holds NaN or infinite values, so it was not saved; '
-          f'{f"epoch {kept[-1]} is the last good checkpoint in {self.directory}" if kept else "no checkpoint was kept"}. '
-          'Lower config.learning_rate or clip the gradients (config.grad_clip).')
+          f'{last}. Lower config.learning_rate or clip the gradients (config.grad_clip).')
     meta = dict(meta, epoch=epoch, checksums={name: digest(t) for name, t in items.items()})
     args = {name: ocp.args.StandardSave(tree) for name, tree in items.items()}
     try:

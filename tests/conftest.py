@@ -8,7 +8,8 @@ import tempfile
 
 # XLA's CPU backend at optimisation level 0 compiles the tiny test networks several times faster
 # (the same IEEE float32 arithmetic; execution speed does not matter for them).
-os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=8'
+os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
+                           ' --xla_force_host_platform_device_count=8'
                            ' --xla_backend_optimization_level=0').strip()
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 # One compilation cache for this test session and its subprocesses: the tiny training runs

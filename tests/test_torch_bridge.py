@@ -265,7 +265,8 @@ def test_the_originals_checkpoint_evaluates_through_the_cli(learnable_cifar10_di
   result = subprocess.run(
       [sys.executable, str(REPO / 'main.py'), '--config', 'configs/smoke.py', '--mode=eval',
        f'--torch_checkpoint={path}', f'--config.data_dir={learnable_cifar10_dir}',
-       '--config.eval_batch_size=64', '--config.train_subset=0'], capture_output=True, text=True, cwd=REPO, timeout=300,
+       '--config.eval_batch_size=64', '--config.train_subset=0'], capture_output=True, text=True,
+      cwd=REPO, timeout=300,
       env=dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS='cpu'))
   assert result.returncode == 0, result.stderr[-3000:]
   accuracy = 100 * np.mean(expected.argmax(1) == data.test_labels)
