@@ -348,6 +348,7 @@ def predict(config, input_path: str, output_csv: str, workdir=None, which: str =
   with open(tmp, 'w', newline='') as f:
     writer = csv.writer(f)
     writer.writerow(['ID', 'Labels'])
-    writer.writerows(zip(ids.tolist(), predictions.tolist()))
+    ids = [i.decode('latin-1') if isinstance(i, bytes) else i for i in ids.tolist()]  # Python 2
+    writer.writerows(zip(ids, predictions.tolist()))
   os.replace(tmp, output_csv)  # never a half-written CSV
   return len(ids)

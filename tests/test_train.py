@@ -317,6 +317,10 @@ def test_predict_writes_one_row_per_id_as_evaluation_predicts(straight, learnabl
   with pytest.raises(UserError, match='--output'):
     train.predict(config, str(hidden), str(tmp_path), str(workdir))
   assert not list(tmp_path.glob('*.tmp'))
+  with open(hidden, 'wb') as f:  # ids as bytes (a Python 2 pickle's strings) are written as text
+    pickle.dump({b'data': np.zeros((2, 3072), np.uint8), b'ids': [b'img-a', b'img-b']}, f)
+  train.predict(config, str(hidden), str(out), str(workdir))
+  assert [r[0] for r in csv.reader(out.open())] == ['ID', 'img-a', 'img-b']
 
 
 def test_ema_parameters_are_kept_and_evaluated(learnable_cifar10_dir, tmp_path):
