@@ -67,15 +67,19 @@ class Checkpoints:
   def epochs(self) -> list:
     return sorted(self._manager.all_steps())
 
+  def diverged(self, what: str):
+    """Raises TrainingDiverged: `what` happened, and which checkpoint is the last good one."""
+    kept = self.epochs()
+    last = (f'Epoch {kept[-1]} is the last good checkpoint in {self.directory}' if kept
+            else 'No checkpoint was kept')
+    raise TrainingDiverged(f'{what}. {last}. Lower config.learning_rate or clip the gradients '
+                           '(config.grad_clip).')
+
   def save(self, epoch: int, items: dict, meta: dict, test_accuracy=None) -> None:
     """Saves host pytrees `items` for `epoch`; `test_accuracy` ranks it for 'best'."""
     if not all(_finite(tree) for tree in items.values()):
-      kept = self.epochs()
-      last = (f'epoch {kept[-1]} is the last good checkpoint in {self.directory}' if kept
-              else 'no checkpoint was kept')
-      raise TrainingDiverged(
-          f'the state after epoch {epoch} holds NaN or infinite values, so it was not saved; '
-          f'{last}. Lower config.learning_rate or clip the gradients (config.grad_clip).')
+      self.diverged(f'the state after epoch {epoch} holds NaN or infinite values, so it was not '
+                    'saved')
     meta = dict(meta, epoch=epoch, checksums={name: digest(t) for name, t in items.items()})
     args = {name: ocp.args.StandardSave(tree) for name, tree in items.items()}
     try:

@@ -26,7 +26,7 @@ from tqdm import tqdm
 import input_pipeline
 from flax_seresnet import checkpointing, optim, parallel, records, steps
 from flax_seresnet import config as config_lib
-from flax_seresnet.errors import CheckpointError, ConfigError, TrainingDiverged
+from flax_seresnet.errors import CheckpointError, ConfigError
 from flax_seresnet.model import model_from_config
 
 LEAD_STEPS = 8  # the host runs at most this many steps ahead of the device: the bar shows work done
@@ -189,12 +189,7 @@ class Trainer:
     return means, time.perf_counter() - t0, sum(len(b) for b in batches)
 
   def _stop(self, what: str, epoch: int):
-    kept = self.checkpoints.epochs()
-    raise TrainingDiverged(
-        f'the {what} became NaN or infinite in epoch {epoch}; stopped. '
-        + (f'Epoch {kept[-1]} is the last good checkpoint in {self.checkpoints.directory}. '
-           if kept else 'No checkpoint was kept. ')
-        + 'Lower config.learning_rate or clip the gradients (config.grad_clip).')
+    self.checkpoints.diverged(f'the {what} became NaN or infinite in epoch {epoch}; stopped')
 
   def _save(self, epoch: int, test_accuracy):
     self.checkpoints.save(epoch, _items(self.dp.to_host(self.state)), {
