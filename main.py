@@ -2,25 +2,30 @@
 
   python main.py --config configs/seresnet.py --workdir runs/seresnet
   python main.py --config configs/seresnet.py --config.num_epochs=5 --config.data_dir=DIR ...
-  python main.py --config configs/seresnet.py --workdir runs/seresnet --mode eval \
-      [--checkpoint best]
+  python main.py --config configs/seresnet.py --workdir runs/seresnet --mode eval [--checkpoint best]
   python main.py --config configs/seresnet.py --mode eval --torch_checkpoint ckpt.pth
   python main.py --config configs/seresnet.py --workdir runs/seresnet --mode predict \
       --input hidden_test.pkl --output predictions.csv
+  python main.py --list_config                   # every setting, its default and meaning
 
-Only flags live here; the work is in flax_seresnet.train. A mistake in the input (a flag, a
-setting, a file) ends with one line `error: ...` and exit code 2 (3: training diverged); any
-other exception is a bug and keeps its traceback.
+Results go to stdout (the summary line, test_accuracy=...); the log goes to stderr. Exit codes:
+0 done; 2 an input mistake, an unusable file or a full disk (one line `error: ...`); 3 training
+diverged; 4 a process of a multi-process run was lost; 75 stopped by SIGINT, SIGTERM or SIGHUP
+after saving (the same command resumes); 128+N a second signal N stopped it at once. Any other
+exception is a bug and keeps its traceback.
 """
+import os
 import re
 import sys
+import traceback
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+from absl import app, flags
+from ml_collections import ConfigDict, config_flags
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file('config', None, 'Training configuration file.',
-                                lock_config=True)
+config_flags.DEFINE_config_file(
+    'config', None, 'Training configuration file, e.g. configs/seresnet.py. Any setting can be '
+    'overridden with --config.KEY=VALUE; --list_config lists them all.', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Folder for checkpoints, metrics and plots.')
 flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'predict'], 'What to do.')
 flags.DEFINE_enum('checkpoint', 'latest', ['latest', 'best'],
@@ -29,60 +34,122 @@ flags.DEFINE_string('torch_checkpoint', None,
                     'eval/predict: an original PyTorch checkpoint (.pth) instead of --workdir.')
 flags.DEFINE_string('input', None, 'predict: the unlabeled pickle {data, ids}.')
 flags.DEFINE_string('output', None, 'predict: the CSV to write (header ID,Labels).')
-flags.mark_flags_as_required(['config'])
+flags.DEFINE_bool('list_config', False, 'Print every setting (of --config, else the defaults) '
+                  'with what it means, then exit.')
 
 
-def fail(message: str, code: int = 2):
-  print(f'error: {" ".join(str(message).split())}', file=sys.stderr, flush=True)
+def fail(message, code: int = 2, prefix: str = 'error'):
+  print(f'{prefix}: {" ".join(str(message).split())}', file=sys.stderr, flush=True)
   sys.exit(code)
 
 
+def _config_path(argv) -> str:
+  for i, arg in enumerate(argv):
+    if arg.startswith('--config='):
+      return arg.split('=', 1)[1]
+    if arg == '--config' and i + 1 < len(argv):
+      return argv[i + 1]
+  return ''
+
+
+def _config_problem(e: Exception, argv) -> str:
+  """One line for a config file that does not load, or a --config.KEY=VALUE that cannot be
+  used."""
+  path, text = _config_path(argv), ' '.join(str(e.args[0] if e.args else e).split())
+  frames = traceback.extract_tb(e.__traceback__)
+  in_file = isinstance(e, (SyntaxError, ImportError)) or any(
+      os.path.abspath(f.filename) == os.path.abspath(path) for f in frames)
+  if isinstance(e, OSError) and not in_file:
+    return (f'--config {path} could not be read (no such file, or not readable): give the path '
+            'of a config file such as configs/seresnet.py')
+  if isinstance(e, AttributeError) and 'get_config' in text:
+    return f'--config {path} has no get_config(): see configs/seresnet.py for the form'
+  if in_file:
+    return (f'--config {path} could not be loaded ({type(e).__name__}: {text}): fix the file; '
+            'its get_config() must return an ml_collections.ConfigDict')
+  if isinstance(e, (KeyError, AttributeError)):
+    key = re.search(r"'([^'\\]+)", text)
+    hint = re.search(r'Did you mean .*?\?', text)
+    return (f'unknown config key {key.group(1) if key else text!r}'
+            f'{" (" + hint.group(0) + ")" if hint else ""}: `python main.py --list_config` '
+            'lists every key')
+  overrides = [arg.split('=')[0] for arg in argv if arg.startswith('--config.')]
+  which = overrides[0] if len(overrides) == 1 else f'one of {", ".join(overrides)}'
+  return (f'{which} could not be used ({type(e).__name__}: {text}): `python main.py '
+          '--list_config` shows each key with a value of its type')
+
+
 def parse_flags(argv):
-  """absl's parsing, with a bad flag, a config file that does not load or an unknown config key
-  reported in one line instead of a traceback."""
+  """absl's parsing, with a bad flag or config file reported in one line, not a traceback."""
   try:
     rest = FLAGS(argv)
-    FLAGS.config.get('name')  # raises here if the file did not load
-    return rest
-  except (flags.Error, KeyError, AttributeError, OSError, ValueError, TypeError) as e:
-    text = str(e.args[0] if e.args else e)
-    if isinstance(e, (KeyError, AttributeError)):  # an unknown key in a --config.* override
-      key = re.search(r"'([^'\\]+)", text)
-      hint = re.search(r'Did you mean .*?\?', text)
-      text = (f'unknown config key {key.group(1) if key else text!r}'
-              f'{" (" + hint.group(0) + ")" if hint else ""}: every key is listed in '
-              'configs/seresnet.py')
-    elif isinstance(e, OSError):
-      text = (f'--config {config_flags.get_config_filename(FLAGS["config"])} could not be '
-              'loaded: give the path of a config file such as configs/seresnet.py')
-    fail(text)
+    if FLAGS.config is not None:
+      FLAGS.config.get('name')  # raises here if the file did not load
+    if FLAGS.config is not None and not isinstance(FLAGS.config, ConfigDict):
+      fail(f'--config {_config_path(argv)}: get_config() returned a '
+           f'{type(FLAGS.config).__name__}; it must return an ml_collections.ConfigDict')
+  except flags.Error as e:
+    fail(_config_problem(e.__context__, argv) if e.__context__ else e)
+  except Exception as e:  # pylint: disable=broad-except  # the config file's own errors
+    fail(_config_problem(e, argv))
+  if not FLAGS.list_config and FLAGS.config is None:
+    fail('--config is required: e.g. --config configs/seresnet.py (--list_config lists the '
+         'settings)')
+  return rest
+
+
+def run_mode(config, stop):
+  """The work of --mode; its result on stdout."""
+  from flax_seresnet import inference, records, train
+  from flax_seresnet.errors import ConfigError
+  if FLAGS.mode == 'train':
+    if not FLAGS.workdir:
+      raise ConfigError('--workdir is required for training.')
+    print(records.summary_line(train.train_and_evaluate(config, FLAGS.workdir, stop)),
+          flush=True)
+  elif FLAGS.mode == 'eval':
+    result = inference.evaluate(config, FLAGS.workdir, FLAGS.checkpoint, FLAGS.torch_checkpoint,
+                                stop)
+    print(f'test_accuracy={result["accuracy"]:.2f}', flush=True)
+  else:
+    if not FLAGS.input or not FLAGS.output:
+      raise ConfigError('--mode predict needs --input PKL and --output CSV.')
+    rows = inference.predict(config, FLAGS.input, FLAGS.output, FLAGS.workdir, FLAGS.checkpoint,
+                             FLAGS.torch_checkpoint, stop)
+    print(f'wrote {rows} predictions to {FLAGS.output}', flush=True)
 
 
 def main(argv):
   if len(argv) > 1:
     fail(f'unexpected arguments: {argv[1:]}')
-  from flax_seresnet import config as config_lib, parallel, records, train  # jax starts here
-  records.log_to_stderr()  # one line each: the start, compilation, epochs, the summary
-  from flax_seresnet.errors import ConfigError, UserError
-  config = FLAGS.config
-  try:
-    config_lib.validate(config)
-    parallel.maybe_initialize_distributed(config.distributed)
-    if FLAGS.mode == 'train':
-      if not FLAGS.workdir:
-        raise ConfigError('--workdir is required for training.')
-      train.train_and_evaluate(config, FLAGS.workdir)  # ends by logging its summary line
-    elif FLAGS.mode == 'eval':
-      accuracy = train.evaluate(config, FLAGS.workdir, FLAGS.checkpoint, FLAGS.torch_checkpoint)
-      logging.info('test_accuracy=%.2f', accuracy)
-    else:
-      if not FLAGS.input or not FLAGS.output:
-        raise ConfigError('--mode predict needs --input PKL and --output CSV.')
-      rows = train.predict(config, FLAGS.input, FLAGS.output, FLAGS.workdir, FLAGS.checkpoint,
-                           FLAGS.torch_checkpoint)
-      logging.info('wrote %d predictions to %s', rows, FLAGS.output)
-  except UserError as e:
-    fail(e, e.exit_code)
+  from flax_seresnet import interrupt
+  with interrupt.StopRequest() as stop:  # from here on a signal stops the run cleanly
+    from flax_seresnet import config as config_lib, parallel, records
+    from flax_seresnet.errors import ERRORS, Interrupted
+    if FLAGS.list_config:
+      print(config_lib.describe(FLAGS.config))
+      return
+    records.log_to_stderr()
+    watch = None
+    try:
+      config_lib.validate(FLAGS.config)
+      parallel.initialize_distributed(FLAGS.config.distributed)
+      if parallel.jax.process_count() > 1:
+        watch = parallel.PeerWatch(FLAGS.config.distributed.timeout_s)
+      run_mode(FLAGS.config, stop)
+    except ERRORS as e:
+      if watch:
+        watch.close(failed=not isinstance(e, Interrupted))
+        print(f'{getattr(e, "prefix", "error")}: {" ".join(str(e).split())}', file=sys.stderr,
+              flush=True)
+        os._exit(e.exit_code)  # pylint: disable=protected-access  # no wait for the others
+      fail(e, e.exit_code, getattr(e, 'prefix', 'error'))
+    except Exception as e:  # pylint: disable=broad-except
+      if watch:
+        watch.explain(e)  # a lost peer: the watch names it and exits
+      raise
+    if watch:
+      watch.close()
 
 
 if __name__ == '__main__':

@@ -62,6 +62,7 @@ def main(argv=None):
           seed=seed, checkpoint_every_epochs=0, progress_bar=False,
           **({'data_dir': args.data_dir} if args.data_dir else {})))
       summary = train.train_and_evaluate(config, os.path.join(args.out, f'run{number}_seed{seed}'))
+      print(records.summary_line(summary), file=sys.stderr, flush=True)
       accuracies.append(summary['final_test_accuracy'])
       seconds.append(summary['train_s'])
       speeds.append(summary['img_per_s'])

@@ -89,6 +89,7 @@ def main(argv=None):
       if side == 'jax':
         config.seed = seed
         result = train.train_and_evaluate(config, os.path.join(args.workdir, f'jax_seed{seed}'))
+        print(records.summary_line(result), flush=True)
         with open(os.path.join(args.workdir, f'jax_seed{seed}', 'metrics.jsonl')) as f:
           result['history'] = [json.loads(line) for line in f]
       else:

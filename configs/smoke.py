@@ -1,6 +1,6 @@
-"""A tiny network on a slice of the real data: trains on a laptop CPU in about a minute.
+"""A tiny network on a slice of the data: an end-to-end check on a CPU (2 cores: about a minute).
 
-Used by the tests and as a quick end-to-end check: it must clearly learn (>= 30% test accuracy).
+It must clearly learn (>= 30% test accuracy on the real data).
 """
 from configs import seresnet
 

@@ -1,31 +1,63 @@
-"""A workdir's checkpoints: one orbax CheckpointManager keeping the last K epochs and the best.
+"""A workdir's checkpoints: what a save holds, and one orbax CheckpointManager that keeps the
+newest K saves and the best.
 
-Each save `<workdir>/checkpoints/<epoch>/` holds the items `model` (params, batch_stats and the
-EMA when kept: all that inference restores), `train` (step and optimizer state: what resuming
-adds) and `meta` (JSON: epoch, config, metric history, and a SHA-256 of each item). Orbax
-writes into a temporary folder and renames it when complete, so a kill mid-save leaves the older
-saves intact. A restore checks the checksums and the epoch, and falls back to the newest intact
-save with a one-line warning. A state with NaN or infinite values is never written.
+Each save `<workdir>/checkpoints/<step>/` (step: optimizer steps done) holds the items `model`
+(params, batch_stats and the EMA when kept: all that inference restores), `train` (step and
+optimizer state: what resuming adds) and `meta` (JSON: the step, the epoch and the position in
+it, the config, the metric history, and a SHA-256 of each item). Orbax writes into a temporary
+folder and renames it when complete, so a kill mid-save leaves the older saves intact. A restore
+checks the checksums and the step, and falls back to the newest intact save with a one-line
+warning; a trainer moves a damaged save to <workdir>/damaged_checkpoints/ (kept for inspection)
+so that it can write that step again.
 """
-import errno
-import fcntl
 import hashlib
-import json
 import os
+import shutil
+import time
 
 import flax
+import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from orbax.checkpoint import checkpoint_managers as policies
 
-from flax_seresnet.errors import CheckpointError, TrainingDiverged, UserError, one_line
+from flax_seresnet.errors import CheckpointError, one_line
 
-# Settings a run may change when it resumes: they do not change the numbers training computes.
-RESUMABLE_CHANGES = ('data_dir', 'download', 'progress_bar', 'eval_every_epochs',
-                     'checkpoint_every_epochs', 'keep_checkpoints', 'distributed', 'parallel',
-                     'eval_batch_size', 'name', 'tfds_data_dir', 'max_epochs_this_run',
-                     'test_subset', 'eval_flip_tta')
+META_KEYS = ('step', 'epoch', 'config', 'history', 'checksums')  # a save without them is damaged
+
+
+# --- What a save holds.
+def items_of(state) -> dict:
+  """A host TrainState as checkpoint items: 'model' (what inference needs) and 'train'."""
+  model = {'params': state.params, 'batch_stats': state.batch_stats}
+  if state.ema_params is not None:
+    model['ema_params'] = state.ema_params
+  return {'model': model, 'train': flax.serialization.to_state_dict(
+      {'step': state.step, 'opt_state': state.opt_state})}
+
+
+def state_from(state, items):
+  """`state` with the values of checkpoint `items`."""
+  train = flax.serialization.from_state_dict({'step': state.step, 'opt_state': state.opt_state},
+                                             items['train'])
+  model = items['model']
+  return state.replace(params=model['params'], batch_stats=model['batch_stats'],
+                       ema_params=model.get('ema_params'), **train)
+
+
+def model_template(variables: dict, use_ema: bool) -> dict:
+  """The 'model' item's structure for a model's {'params', 'batch_stats'}."""
+  template = dict(variables)
+  if use_ema:
+    template['ema_params'] = template['params']
+  return template
+
+
+def inference_variables(model_item: dict) -> dict:
+  """What evaluation and inference use: the EMA of the parameters when one is kept."""
+  return {'params': model_item.get('ema_params', model_item['params']),
+          'batch_stats': model_item['batch_stats']}
 
 
 def digest(tree) -> str:
@@ -38,138 +70,131 @@ def digest(tree) -> str:
   return sha.hexdigest()
 
 
-def _finite(tree) -> bool:
-  return all(np.all(np.isfinite(x)) for x in flax.traverse_util.flatten_dict(tree).values()
-             if np.issubdtype(np.asarray(x).dtype, np.floating))
-
-
-def _os_error(e: BaseException):
-  while e is not None and not isinstance(e, OSError):
+def storage_problem(e: BaseException):
+  """The disk's complaint behind an exception (orbax and tensorstore wrap OSErrors in several
+  types, tensorstore as a ValueError naming the errno), or None."""
+  while e is not None:
+    if isinstance(e, OSError) and e.errno:
+      return e.strerror or one_line(e)
+    text = str(e)
+    for needle, problem in (('os_error_code=28', 'No space left on device'),
+                            ('RESOURCE_EXHAUSTED', 'No space left on device'),
+                            ('os_error_code=30', 'Read-only file system'),
+                            ('os_error_code=13', 'Permission denied')):
+      if needle in text:
+        return problem
     e = e.__cause__ or e.__context__
-  return e
+  return None
 
 
 class Checkpoints:
-  """Saves and restores host-array items of one workdir."""
+  """Saves and restores host-array items of one workdir; a context manager that closes orbax."""
 
   def __init__(self, workdir: str, keep: int = 3, read_only: bool = False):
-    self.directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
+    self.workdir = os.path.abspath(workdir)
+    self.directory = os.path.join(self.workdir, 'checkpoints')
+    self.read_only = read_only
+    if os.path.lexists(self.directory) and not os.path.isdir(self.directory):
+      raise CheckpointError(f'{self.directory} is a file, not a folder: move it away, or use '
+                            'another --workdir.')
+    if not read_only:
+      self._check_writable()
+      if jax.process_index() == 0:
+        self._remove_temporaries()  # what a kill in the middle of a save left
     accuracy = lambda metrics: metrics['test_accuracy']
-    options = ocp.CheckpointManagerOptions(
+    options = ocp.CheckpointManagerOptions(  # no orbax clean-up thread: close() would not wait
         best_fn=accuracy, best_mode='max', read_only=read_only, create=not read_only,
-        enable_async_checkpointing=False, cleanup_tmp_directories=not read_only,
+        enable_async_checkpointing=False, cleanup_tmp_directories=False,
         preservation_policy=policies.AnyPreservationPolicy([
             policies.LatestN(keep),
             policies.BestN(get_metric_fn=accuracy, n=1, keep_checkpoints_without_metrics=False)]))
     self._manager = ocp.CheckpointManager(self.directory, options=options)
-    self._damaged = set()  # epochs found damaged, skipped (and reported) once
 
-  def epochs(self) -> list:
-    return sorted(self._manager.all_steps())
-
-  def diverged(self, what: str):
-    """Raises TrainingDiverged: `what` happened, and which checkpoint is the last good one."""
-    kept = self.epochs()
-    last = (f'Epoch {kept[-1]} is the last good checkpoint in {self.directory}' if kept
-            else 'No checkpoint was kept')
-    raise TrainingDiverged(f'{what}. {last}. Lower config.learning_rate or clip the gradients '
-                           '(config.grad_clip).')
-
-  def save(self, epoch: int, items: dict, meta: dict, test_accuracy=None) -> None:
-    """Saves host pytrees `items` for `epoch`; `test_accuracy` ranks it for 'best'."""
-    if not all(_finite(tree) for tree in items.values()):
-      self.diverged(f'the state after epoch {epoch} holds NaN or infinite values, so it was not '
-                    'saved')
-    meta = dict(meta, epoch=epoch, checksums={name: digest(t) for name, t in items.items()})
-    args = {name: ocp.args.StandardSave(tree) for name, tree in items.items()}
+  def _check_writable(self):
+    """Fails now, not after an epoch, when the checkpoint folder cannot be written."""
+    probe = os.path.join(self.directory, f'.write-test-{os.getpid()}')
     try:
-      self._manager.save(epoch, args=ocp.args.Composite(meta=ocp.args.JsonSave(meta), **args),
-                         metrics=None if test_accuracy is None else
-                         {'test_accuracy': float(test_accuracy)}, force=True)
-      self._manager.wait_until_finished()
-    except Exception as e:  # orbax wraps I/O errors in several types
-      cause = _os_error(e)
-      if cause is None:
-        raise
-      raise CheckpointError(
-          f'could not write the checkpoint of epoch {epoch} to {self.directory} '
-          f'({cause.strerror or one_line(cause)}): free some space or use another --workdir; the '
-          f'earlier checkpoints (epochs {self.epochs()}) are intact.') from None
+      os.makedirs(self.directory, exist_ok=True)
+      with open(probe, 'w') as f:
+        f.write('ok')
+      os.remove(probe)
+    except OSError as e:
+      raise CheckpointError(f'cannot write checkpoints to {self.directory} ({e.strerror}): '
+                            'free some space, fix its permissions, or use another '
+                            '--workdir.') from None
 
-  def restore(self, templates: dict, which: str = 'latest'):
-    """(items like `templates`, meta) of the newest intact save ('latest'), or of the best by
-    test accuracy ('best'). Damaged saves are skipped with a warning."""
-    candidates = self.epochs()[::-1]
-    if which == 'best' and self._manager.best_step() is not None:
-      candidates.remove(self._manager.best_step())
-      candidates.insert(0, self._manager.best_step())
-    for epoch in [e for e in candidates if e not in self._damaged]:
-      try:
-        restored = self._manager.restore(epoch, args=ocp.args.Composite(
-            meta=ocp.args.JsonRestore(), **{name: ocp.args.StandardRestore(template)
-                                            for name, template in templates.items()}))
-        meta = restored['meta']
-        if meta.get('epoch') != epoch:
-          raise ValueError(f'its metadata says epoch {meta.get("epoch")}')
-        for name in templates:
-          if digest(restored[name]) != meta['checksums'][name]:
-            raise ValueError(f'the checksum of its {name!r} item does not match')
-        return {name: restored[name] for name in templates}, meta
-      except Exception as e:  # a damaged save surfaces as many exception types
-        self._damaged.add(epoch)
-        logging.warning('checkpoint %s/%d is damaged and skipped (%s).', self.directory, epoch,
-                        one_line(e)[:300])
-    raise CheckpointError(
-        f'no intact checkpoint in {self.directory}'
-        f'{f" (damaged: epochs {candidates})" if candidates else ""}: train first, or use '
-        'another --workdir or --torch_checkpoint.')
+  def _remove_temporaries(self, step=None):
+    for name in os.listdir(self.directory):
+      if '.orbax-checkpoint-tmp' in name and (step is None or name.startswith(f'{step}.')):
+        shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
 
   def close(self):
     self._manager.close()
 
+  def steps(self) -> list:
+    return sorted(self._manager.all_steps())
 
-def check_compatible(saved: dict, current: dict, workdir: str) -> None:
-  """Refuses to resume a run whose config differs where it changes the numbers."""
-  def differences(a, b, prefix=''):
-    for key in sorted(set(a) | set(b)):
-      if prefix or key not in RESUMABLE_CHANGES:
-        x, y = a.get(key, '<absent>'), b.get(key, '<absent>')
-        if isinstance(x, dict) and isinstance(y, dict):
-          yield from differences(x, y, f'{prefix}{key}.')
-        elif json.loads(json.dumps(x)) != json.loads(json.dumps(y)):  # tuples vs JSON lists
-          yield f'{prefix}{key}: saved {x!r}, now {y!r}'
-  diffs = list(differences(saved, current))
-  if diffs:
-    raise CheckpointError(f'{workdir} holds a run with another config ({"; ".join(diffs[:3])}'
-                          f'{"; ..." if len(diffs) > 3 else ""}): resume with the same config or '
-                          'use a new --workdir.')
-
-
-class WorkdirLock:
-  """One workdir, one trainer: an exclusive flock on <workdir>/.lock. The kernel releases it
-  when its holder dies, so the stale lock of a dead process is simply taken over."""
-
-  def __init__(self, workdir: str):
-    self.path = os.path.join(workdir, '.lock')
+  def save(self, step: int, items: dict, meta: dict, test_accuracy=None) -> None:
+    """Saves host pytrees `items` as `step`; `test_accuracy` ranks it for 'best'."""
+    meta = dict(meta, step=step, checksums={name: digest(t) for name, t in items.items()})
+    args = {name: ocp.args.StandardSave(tree) for name, tree in items.items()}
     try:
-      os.makedirs(workdir, exist_ok=True)
-      self._file = open(self.path, 'a+')
-    except OSError as e:
-      raise UserError(f'--workdir {workdir} cannot be written ({e.strerror}): choose another '
-                      'folder.') from None
-    try:
-      fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as e:
-      if e.errno not in (errno.EAGAIN, errno.EACCES):
+      self._manager.save(step, args=ocp.args.Composite(meta=ocp.args.JsonSave(meta), **args),
+                         metrics=None if test_accuracy is None else
+                         {'test_accuracy': float(test_accuracy)}, force=True)
+      self._manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      problem = storage_problem(e)
+      if problem is None:
         raise
-      self._file.seek(0)
-      holder = self._file.read().strip() or 'unknown'
-      self._file.close()
-      raise UserError(f'--workdir {workdir} is in use by another trainer (pid {holder}): wait '
-                      'for it to finish, or use another --workdir.') from None
-    self._file.truncate(0)
-    self._file.write(str(os.getpid()))
-    self._file.flush()
+      self._remove_temporaries(step)  # what the failed save left half-written
+      raise CheckpointError(
+          f'could not write the checkpoint of step {step} to {self.directory} ({problem}): free '
+          'some space (or fix the folder), then rerun the same command to resume from the '
+          f'newest checkpoint kept (steps {self.steps()}).') from None
 
-  def release(self):
-    self._file.close()  # closing releases the flock
+  def restore(self, templates: dict, which: str = 'latest'):
+    """(items like `templates`, meta) of the newest intact save ('latest'), or of the best by
+    test accuracy ('best'). Damaged saves are skipped with a warning."""
+    candidates = self.steps()[::-1]
+    if which == 'best' and self._manager.best_step() is not None:
+      candidates.remove(self._manager.best_step())
+      candidates.insert(0, self._manager.best_step())
+    for step in candidates:
+      try:
+        return self._restore(step, templates)
+      except Exception as e:  # pylint: disable=broad-except  # damage takes many forms
+        logging.warning('checkpoint %s/%d is damaged and skipped (%s)%s', self.directory, step,
+                        one_line(e)[:300], '' if self.read_only else
+                        f'; moved to {self._move_aside(step)}.')
+    raise CheckpointError(
+        f'no intact checkpoint in {self.directory}'
+        f'{f" (damaged: steps {candidates})" if candidates else ""}: train first, or use '
+        'another --workdir or --torch_checkpoint.')
+
+  def _restore(self, step: int, templates: dict):
+    restored = self._manager.restore(step, args=ocp.args.Composite(
+        meta=ocp.args.JsonRestore(), **{name: ocp.args.StandardRestore(template)
+                                        for name, template in templates.items()}))
+    meta = restored['meta']
+    if not isinstance(meta, dict) or any(key not in meta for key in META_KEYS):
+      raise ValueError(f'its metadata lacks one of {META_KEYS}')
+    if meta['step'] != step:
+      raise ValueError(f'its metadata says step {meta["step"]}')
+    for name in templates:
+      if digest(restored[name]) != meta['checksums'].get(name):
+        raise ValueError(f'the checksum of its {name!r} item does not match')
+    return {name: restored[name] for name in templates}, meta
+
+  def _move_aside(self, step: int) -> str:
+    target = os.path.join(self.workdir, 'damaged_checkpoints', f'{step}-{time.time():.0f}')
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    shutil.move(os.path.join(self.directory, str(step)), target)
+    self._manager.reload()
+    return target

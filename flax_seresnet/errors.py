@@ -1,10 +1,11 @@
-"""The exceptions that mean "the input is wrong". The command line prints them as one line
-(no traceback) and exits with their `exit_code`; any other exception is a bug and keeps its
-traceback."""
+"""The exceptions that end a run with one line and a documented exit code (input_pipeline raises
+its own DataError, exit 2); any other exception is a bug and keeps its traceback."""
+from input_pipeline.errors import DataError, one_line  # noqa: F401  (one place for both)
 
 
 class UserError(Exception):
-  """A setting, file or folder that cannot work; the message names it and says what to do."""
+  """A setting, file, folder or disk that cannot work; the message names it and says what to
+  do."""
   exit_code = 2
 
 
@@ -12,12 +13,9 @@ class ConfigError(UserError, ValueError):
   """A bad setting (a config key, a flag)."""
 
 
-class DataError(UserError, ValueError):
-  """A dataset file, folder or download that cannot be used."""
-
-
 class CheckpointError(UserError, ValueError):
-  """A checkpoint that cannot be used: missing, damaged, or of another config or architecture."""
+  """A checkpoint that cannot be used or written: missing, damaged, of another config, or a
+  full disk."""
 
 
 class TrainingDiverged(UserError, RuntimeError):
@@ -25,6 +23,10 @@ class TrainingDiverged(UserError, RuntimeError):
   exit_code = 3
 
 
-def one_line(text: object) -> str:
-  """Collapses `text` (e.g. a wrapped exception's message) onto one line."""
-  return ' '.join(str(text).split())
+class Interrupted(UserError):
+  """A signal stopped the run after saving what it could; the same command resumes it."""
+  exit_code = 75  # EX_TEMPFAIL: a scheduler may requeue the job
+  prefix = 'interrupted'
+
+
+ERRORS = (UserError, DataError)  # what the command line reports as one line

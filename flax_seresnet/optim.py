@@ -28,9 +28,10 @@ def _cosine(config: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.Sc
         f'config.warmup_epochs={config.warmup_epochs!r} rounds to {warmup} steps, all of the '
         f'cosine\'s {horizon} epochs x {steps_per_epoch} steps; lower it')
   if config.schedule_per_step:
-    return optax.cosine_decay_schedule(config.learning_rate, decay_steps)
+    return optax.cosine_decay_schedule(peak_learning_rate(config), decay_steps)
   # Per epoch: the scheduler has stepped once per steps_per_epoch steps since the warmup.
-  per_epoch = optax.cosine_decay_schedule(config.learning_rate, decay_steps / steps_per_epoch)
+  per_epoch = optax.cosine_decay_schedule(peak_learning_rate(config),
+                                          decay_steps / steps_per_epoch)
   return lambda count: per_epoch(count // steps_per_epoch)
 
 
@@ -57,10 +58,18 @@ def _onecycle(config: ml_collections.ConfigDict, steps_per_epoch: int, start: fl
   return schedule
 
 
+def peak_learning_rate(config: ml_collections.ConfigDict) -> float:
+  """config.learning_rate, scaled linearly from batch learning_rate_batch_size to batch_size
+  when set: derived here, where it is used, so a batch-size override keeps it right."""
+  if not config.learning_rate_batch_size:
+    return config.learning_rate
+  return config.learning_rate * config.batch_size / config.learning_rate_batch_size
+
+
 def learning_rate_schedule(config: ml_collections.ConfigDict,
                            steps_per_epoch: int) -> optax.Schedule:
   """The learning rate by optimizer step: 'cosine', 'onecycle' or 'constant' (see the config)."""
-  peak = config.learning_rate
+  peak = peak_learning_rate(config)
   if config.schedule == 'onecycle':
     initial = peak / config.onecycle.div_factor  # the same float operations as torch
     return _onecycle(config, steps_per_epoch, initial, peak,

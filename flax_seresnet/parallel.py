@@ -7,38 +7,123 @@
 - 'pmap': the same steps under jax.pmap with axis_name 'batch' (gradients pmean-ed; BatchNorm
   statistics pmean-ed over the axis, or per device).
 Multi-host: every process holds the whole (small) dataset on its devices, plans the same global
-batches, and feeds only its own slice.
+batches, and feeds only its own rows. `PeerWatch` bounds every wait for another process.
 """
 import functools
 import os
+import sys
+import threading
+import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-import input_pipeline
 from flax_seresnet.errors import ConfigError
 
 PMAP_AXIS = 'batch'
+PEER_LOST_EXIT = 4  # a process of a multi-process run was lost or never joined
 
 
-def maybe_initialize_distributed(dist_config) -> bool:
+def _fail_now(message: str):
+  """One line, then exit at once: JAX would otherwise wait, then abort with a C++ trace."""
+  print(f'error: {message}', file=sys.stderr, flush=True)
+  os._exit(PEER_LOST_EXIT)  # pylint: disable=protected-access
+
+
+def initialize_distributed(dist_config) -> None:
   """Starts jax.distributed when config.distributed or the environment asks for it.
 
   'no' never; 'yes' always (JAX then reads SLURM, Open MPI or JAX_COORDINATOR_ADDRESS /
   JAX_NUM_PROCESSES / JAX_PROCESS_ID); 'auto' when an address or several processes are given in
-  the config or the environment, or when SLURM runs several tasks.
+  the config or the environment, or when SLURM runs several tasks. Every process must join
+  within dist_config.timeout_s, else each stops with one line (exit 4).
   """
   address = dist_config.coordinator_address or None
   num_processes = dist_config.num_processes or None
   if dist_config.initialize == 'no' or (dist_config.initialize == 'auto' and not (
       address or (num_processes or 0) > 1 or 'JAX_COORDINATOR_ADDRESS' in os.environ
       or int(os.environ.get('SLURM_NTASKS', '1')) > 1)):
-    return False
-  jax.distributed.initialize(
-      coordinator_address=address, num_processes=num_processes,
-      process_id=dist_config.process_id if dist_config.process_id >= 0 else None)
-  return True
+    return
+  timeout, me = dist_config.timeout_s, dist_config.process_id
+  where = address or os.environ.get('JAX_COORDINATOR_ADDRESS', 'the coordinator')
+  watchdog = threading.Timer(timeout, _fail_now, [
+      f'the processes of this run did not all join {where} within {timeout} s '
+      f'(config.distributed.timeout_s): this is process {me if me >= 0 else "?"}; start every '
+      f'process (0..N-1) with the same coordinator_address, and check that process 0 runs'])
+  watchdog.daemon = True
+  watchdog.start()
+  try:  # JAX's own limits later than ours: its timeouts abort the process with a C++ trace
+    jax.distributed.initialize(
+        coordinator_address=address, num_processes=num_processes,
+        process_id=me if me >= 0 else None, initialization_timeout=timeout + 60,
+        heartbeat_timeout_seconds=timeout + 60)
+  except (ValueError, RuntimeError) as e:
+    raise ConfigError(f'jax.distributed could not start ({" ".join(str(e).split())}): check '
+                      'config.distributed') from None
+  finally:
+    watchdog.cancel()
+
+
+class PeerWatch:
+  """Names a process that stops answering, then exits (4) instead of a wait and a C++ abort.
+
+  Each process bumps a counter in the coordinator's key-value store every second, from a daemon
+  thread that runs whatever the main thread does; a peer whose counter stands still for
+  `timeout` seconds is lost, as is process 0 when the store itself stops answering.
+  """
+  BEAT_S = 1.0
+  KEYS = 'flax_seresnet/peers/'
+
+  def __init__(self, timeout: float):
+    from jax._src import distributed  # the client of the coordinator's key-value store
+    self.client, self.timeout = distributed.global_state.client, timeout
+    self.me, self.count = jax.process_index(), jax.process_count()
+    self._done = threading.Event()
+    self.lost = threading.Event()
+    threading.Thread(target=self._watch, daemon=True).start()
+
+  def _watch(self):
+    last = {p: (None, time.monotonic()) for p in range(self.count) if p != self.me}
+    while not self._done.wait(self.BEAT_S):
+      try:
+        self.client.key_value_increment(f'{self.KEYS}beat/{self.me}', 1)
+        values = dict(self.client.key_value_dir_get(self.KEYS))  # one call for every peer
+      except Exception:  # pylint: disable=broad-except  # the store lives in process 0
+        if self._done.is_set():
+          return
+        return self._lost(f'process 0 of {self.count} (the coordinator) stopped answering')
+      for peer, (seen, since) in list(last.items()):
+        state, beat = values.get(f'{self.KEYS}state/{peer}'), values.get(f'{self.KEYS}beat/{peer}')
+        if state == 'failed':
+          return self._lost(f'process {peer} of {self.count} stopped with an error (see its '
+                            'output)')
+        if state == 'done':
+          del last[peer]
+        elif beat != seen:
+          last[peer] = (beat, time.monotonic())
+        elif time.monotonic() - since > self.timeout:
+          return self._lost(f'process {peer} of {self.count} stopped answering (no sign of life '
+                            f'for {self.timeout:.0f} s)')
+
+  def _lost(self, what: str):
+    self.lost.set()
+    _fail_now(f'{what}; this is process {self.me}: the checkpoints saved before are intact; '
+              'restart every process with the same command to resume')
+
+  def explain(self, error: BaseException) -> None:
+    """After a failed collective: waits for the watch to name the lost peer (it exits)."""
+    del error
+    self.lost.wait(self.timeout + 2 * self.BEAT_S)
+
+  def close(self, failed: bool = False):
+    """Stops watching; tells the others that this process is done, or failed."""
+    self._done.set()
+    try:
+      self.client.key_value_set(f'{self.KEYS}state/{self.me}', 'failed' if failed else 'done')
+    except Exception:  # pylint: disable=broad-except
+      pass
 
 
 class DataParallel:
@@ -72,12 +157,24 @@ class DataParallel:
     return jax.jit(step_fn, donate_argnums=donate, out_shardings=out_shardings)
 
   def compile_train(self, step_fn):
-    """(state, data, indices, key_data) -> (state, metric sums); the state is donated."""
-    return self._compile(step_fn, (0,), self.replicated)
+    """(state, data, indices, key_data, stop) -> (state, metric sums); the state is donated.
 
-  def compile_eval(self, step_fn):
-    """(variables, data, indices, mask) -> (metric sums, predictions)."""
-    return self._compile(step_fn, (), (self.replicated, self.sharded))
+    `stop` holds each device's stop request (0 or 1, from `stop_flags`); the metrics carry their
+    maximum as 'stop', so every process learns of a request at the same step.
+    """
+    def step(state, data, indices, key_data, stop, axis_name=None):
+      state, metrics = step_fn(state, data, indices, key_data, axis_name=axis_name)
+      return state, dict(metrics, stop=jnp.max(
+          jax.lax.pmax(stop, axis_name) if axis_name else stop))
+    return self._compile(step, (0,), self.replicated)
+
+  def stop_flags(self, requested: bool):
+    """This process's stop request for `compile_train`'s step, one flag per local device."""
+    return self.shard(np.full(len(self.local_devices), int(requested), np.int32))
+
+  def compile_eval(self, step_fn, out_shardings=None):
+    """(variables, data, indices, mask) -> metric sums, or whatever `step_fn` returns."""
+    return self._compile(step_fn, (), out_shardings or self.replicated)
 
   def replicate(self, tree):
     """A host pytree onto every device (for pmap: stacked along a leading device axis)."""
@@ -88,12 +185,12 @@ class DataParallel:
       return jax.make_array_from_callback(x.shape, self.replicated, lambda index: x[index])
     return jax.tree.map(put, jax.device_get(tree))
 
-  def shard(self, global_batch: np.ndarray):
-    """This process's slice of a global batch, split over its local devices."""
-    local = input_pipeline.process_slice(global_batch, jax.process_index(), jax.process_count())
+  def shard(self, local_rows: np.ndarray):
+    """This process's rows of a global batch (BatchPlan.local), split over its devices."""
     if self.mode == 'pmap':
-      return self._stack(list(local.reshape((len(self.local_devices), -1) + local.shape[1:])))
-    return jax.make_array_from_process_local_data(self.sharded, local)
+      return self._stack(list(local_rows.reshape((len(self.local_devices), -1) +
+                                                 local_rows.shape[1:])))
+    return jax.make_array_from_process_local_data(self.sharded, local_rows)
 
   def _stack(self, per_device):
     """One array per local device, stacked along a device axis spanning every process's
@@ -101,6 +198,16 @@ class DataParallel:
     shards = [jax.device_put(x[None], d) for x, d in zip(per_device, self.local_devices)]
     shape = (self.num_devices,) + np.shape(per_device[0])
     return jax.make_array_from_single_device_arrays(shape, self.sharded, shards)
+
+  def local(self, tree):
+    """This process's first replica of replicated outputs, still on its device (for pmap with
+    the device axis of length 1): reading it needs no other process."""
+    return jax.tree.map(lambda x: x.addressable_data(0), tree)
+
+  @property
+  def metric_shape(self) -> tuple:
+    """The shape of a `local` scalar metric."""
+    return (1,) if self.mode == 'pmap' else ()
 
   def to_host(self, tree):
     """Replicated values as NumPy, read from a local replica (no cross-process computation)."""

@@ -1,37 +1,56 @@
 """A run's records in its workdir: metrics.jsonl (one line per epoch), TensorBoard events and
-curves.png. Only process 0 writes, and only once per epoch, never per step."""
+curves.png; the summary line; the log. Only process 0 writes, and only once per epoch.
+
+The checkpoint's history is the truth: a resume rewrites metrics.jsonl from it, so a file that
+was cut short, damaged, deleted or written after the last checkpoint is rebuilt.
+"""
+import io
 import json
 import logging as std_logging
 import os
+import sys
+import time
 
-from tensorboardX import SummaryWriter
+import tqdm
+
+from flax_seresnet import files
+from flax_seresnet.errors import UserError
 
 
 class RunRecords:
 
   def __init__(self, workdir: str, history: list, enabled: bool = True):
-    """Continues `history` (a resumed run's, from its checkpoint; [] for a new run). Lines of
-    metrics.jsonl after it (epochs trained after the last checkpoint, then lost) are dropped."""
-    self.workdir, self.history, self.enabled = workdir, list(history), enabled
-    self._tb = None
-    path = os.path.join(workdir, 'metrics.jsonl')
-    if enabled and os.path.exists(path):
-      with open(path) as f:
-        lines = [line for line in f if line.strip()]
-      with open(path, 'w') as f:
-        f.writelines(lines[:len(self.history)])
+    """Continues `history` (a resumed run's, from its checkpoint; [] for a new run), a list that
+    `log_epoch` extends."""
+    self.workdir, self.history, self.enabled = workdir, history, enabled
+    self.metrics_path = os.path.join(workdir, 'metrics.jsonl')
+    self._events = None
+    if enabled:
+      files.write_file(self.metrics_path, ''.join(json.dumps(r) + '\n' for r in self.history),
+                       'the metrics file')
 
   def log_epoch(self, record: dict) -> None:
     self.history.append(record)
     if not self.enabled:
       return
-    with open(os.path.join(self.workdir, 'metrics.jsonl'), 'a') as f:
-      f.write(json.dumps(record) + '\n')
-    self._tb = self._tb or SummaryWriter(os.path.join(self.workdir, 'tensorboard'))
-    for key, value in record.items():
-      if key != 'epoch':
-        self._tb.add_scalar(key, value, record['epoch'])
-    self._tb.flush()
+    files.append_line(self.metrics_path, json.dumps(record), 'the metrics file')
+    # Imported here: tensorboardX imports torch when it is installed (seconds at every start).
+    from tensorboardX.event_file_writer import EventsWriter
+    from tensorboardX.proto import event_pb2, summary_pb2
+    summary = summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag=key, simple_value=value)
+                                         for key, value in record.items() if key != 'epoch'])
+    folder = os.path.join(self.workdir, 'tensorboard')
+    try:  # written here, not in tensorboardX's writer thread, so that errors surface here
+      if self._events is None:
+        os.makedirs(folder, exist_ok=True)
+        self._events = EventsWriter(os.path.join(folder, 'events'), f'.{os.getpid()}')
+      self._events.write_event(event_pb2.Event(wall_time=time.time(), step=record['epoch'],
+                                               summary=summary))
+      self._events.flush()
+    except OSError as e:
+      raise UserError(f'could not write TensorBoard events to {folder} ({e.strerror}): free '
+                      'some space or fix the folder, then rerun the same command to '
+                      'resume.') from None
 
   def plot(self) -> None:
     """Loss and accuracy per epoch, train and test, into curves.png."""
@@ -51,12 +70,17 @@ class RunRecords:
       ax.grid(alpha=0.3)
       ax.legend()
     fig.tight_layout()
-    fig.savefig(os.path.join(self.workdir, 'curves.png'), dpi=100)
+    png = io.BytesIO()
+    fig.savefig(png, format='png', dpi=100)
     plt.close(fig)
+    files.write_file(os.path.join(self.workdir, 'curves.png'), png.getvalue(), 'the plot')
 
   def close(self):
-    if self._tb is not None:
-      self._tb.close()
+    if self._events is not None:
+      try:
+        self._events.close()
+      except OSError:
+        pass  # every event was flushed when written
 
 
 def summary_line(summary: dict) -> str:
@@ -68,13 +92,28 @@ def summary_line(summary: dict) -> str:
           f"img_per_s={summary['img_per_s']:.0f} device={summary['device'].replace(' ', '_')}")
 
 
+class _BarFriendlyHandler(std_logging.Handler):
+  """Writes through tqdm, which lifts a progress bar off the line and puts it back after."""
+
+  def emit(self, record):
+    try:
+      tqdm.tqdm.write(self.format(record), file=sys.stderr)
+    except Exception:  # pylint: disable=broad-except
+      self.handleError(record)
+
+
 def log_to_stderr() -> None:
-  """The command line's log: this project's lines, plain, on stderr (INFO and up); other
-  libraries' (orbax's above all, which logs through absl too) only from ERROR up."""
-  handler = std_logging.StreamHandler()  # not absl's handler: it exists only under app.run
-  handler.setFormatter(std_logging.Formatter('%(message)s'))
-  handler.addFilter(lambda record: record.levelno >= std_logging.ERROR or any(
-      part in record.pathname for part in ('flax_seresnet', 'input_pipeline', 'main.py')))
+  """The command line's log: this project's lines on stderr (INFO and up), each with its time;
+  other libraries' (orbax's above all, which logs through absl too) only from ERROR up."""
+  handler = _BarFriendlyHandler()  # not absl's handler: it exists only under app.run
+  handler.setFormatter(std_logging.Formatter('%(asctime)s %(prefix)s%(message)s',
+                                             '%Y-%m-%d %H:%M:%S'))
+
+  def keep(record) -> bool:
+    record.prefix = 'warning: ' if record.levelno == std_logging.WARNING else ''
+    return record.levelno >= std_logging.ERROR or any(
+        part in record.pathname for part in ('flax_seresnet', 'input_pipeline', 'main.py'))
+  handler.addFilter(keep)
   logger = std_logging.getLogger('absl')
   logger.handlers, logger.propagate = [handler], False
   logger.setLevel(std_logging.INFO)

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flax_seresnet.errors import CheckpointError
+from flax_seresnet.errors import CheckpointError, DataError
 from flax_seresnet.model import SEResNet, model_from_config
 from input_pipeline import safe_pickle
 
@@ -58,7 +58,10 @@ def read_state_dict(source: Union[str, os.PathLike, Mapping[str, Any]]) -> Dict[
   ({'net': state_dict, 'acc', 'epoch', 'config'}) or a plain state_dict. The DataParallel prefix
   'module.' is removed."""
   if isinstance(source, (str, os.PathLike)):
-    source = safe_pickle.load_torch_file(source)  # runs no code from the file
+    try:
+      source = safe_pickle.load_torch_file(source)  # runs no code from the file
+    except DataError as e:
+      raise CheckpointError(str(e)) from None
   if not isinstance(source, Mapping):
     raise CheckpointError(
         f'expected a state_dict or a checkpoint dict, got {type(source).__name__}.')

@@ -2,13 +2,13 @@
 the host, augmented on the device.
 
 Host side (numpy): `load_dataset` puts the whole dataset in memory as uint8 NHWC images and int32
-labels; `epoch_permutation`, `train_batches`, `eval_batches` and `process_slice` plan which
-examples form each batch. Device side (jax, inside the jitted step): `example_keys`, `augment`,
-`normalize`.
+labels; a `BatchPlan` says which examples form each batch and which rows each process feeds.
+Device side (jax, inside the jitted step): `example_keys`, `augment`, `normalize`.
+This package imports nothing from flax_seresnet; its errors are `DataError`s.
 """
 from input_pipeline.augment import (CIFAR10_MEAN, CIFAR10_STD, PAD_MODES, apply_crop_flip, augment,
                                     draw_crop_flip, example_keys, normalize, random_crop_flip)
-from input_pipeline.batching import (epoch_permutation, eval_batches, process_slice,
-                                     steps_per_epoch, train_batches)
+from input_pipeline.batching import BatchPlan, epoch_permutation
 from input_pipeline.cifar10 import Cifar10, class_names, load_cifar10, load_unlabeled
 from input_pipeline.dataset import load_dataset
+from input_pipeline.errors import DataError

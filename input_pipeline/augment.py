@@ -15,11 +15,11 @@ CIFAR10_STD = (0.2023, 0.1994, 0.2010)
 PAD_MODES = ('zeros', 'reflect')  # 'zeros' as the published code, 'reflect' as the paper's text
 
 
-def normalize(images, dtype=jnp.float32):
+def normalize(images):
   """uint8 NHWC images (0..255) -> (x / 255 - mean) / std: the whole evaluation transform."""
   scale = 1.0 / (255.0 * jnp.asarray(CIFAR10_STD, jnp.float32))
   offset = -jnp.asarray(CIFAR10_MEAN, jnp.float32) / jnp.asarray(CIFAR10_STD, jnp.float32)
-  return (jnp.asarray(images).astype(jnp.float32) * scale + offset).astype(dtype)
+  return jnp.asarray(images).astype(jnp.float32) * scale + offset
 
 
 def example_keys(key, example_ids):
@@ -58,8 +58,6 @@ def random_crop_flip(images, keys, *, padding: int = 4, pad_mode: str = 'zeros',
   return apply_crop_flip(images, dy, dx, flips & flip, padding, pad_mode)
 
 
-def augment(images, keys, *, padding: int = 4, pad_mode: str = 'zeros', flip: bool = True,
-            dtype=jnp.float32):
-  """`random_crop_flip` then `normalize`: uint8 batch in, normalised `dtype` out."""
-  return normalize(random_crop_flip(images, keys, padding=padding, pad_mode=pad_mode, flip=flip),
-                   dtype)
+def augment(images, keys, *, padding: int = 4, pad_mode: str = 'zeros', flip: bool = True):
+  """`random_crop_flip` then `normalize`: uint8 batch in, normalised float32 out."""
+  return normalize(random_crop_flip(images, keys, padding=padding, pad_mode=pad_mode, flip=flip))

@@ -8,7 +8,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from flax_seresnet.errors import DataError, one_line
+from input_pipeline.download import ARCHIVE_FOLDER
+from input_pipeline.errors import DataError, one_line
 from input_pipeline.safe_pickle import safe_load
 
 TRAIN_FILES = tuple(f'data_batch_{i}' for i in range(1, 6))
@@ -30,14 +31,22 @@ def _error(what: str, path: pathlib.Path, problem: str) -> DataError:
   return DataError(f'{what} {path}: {problem}; replace it with a well-formed file')
 
 
-def load_cifar10(folder: str | os.PathLike[str]) -> Cifar10:
-  """Loads data_batch_1..5 and test_batch from the existing `folder`; DataError if unusable."""
+def load_cifar10(folder: str | os.PathLike[str], train: bool = True) -> Cifar10:
+  """Loads data_batch_1..5 (unless not `train`: then empty) and test_batch from the existing
+  `folder`; DataError if unusable."""
   folder = pathlib.Path(folder)
   if not folder.is_dir():
     raise DataError(f'CIFAR-10 folder {folder} '
                     f'{"is a file" if folder.exists() else "does not exist"}: point data_dir at '
                     'the folder holding data_batch_1..5 and test_batch (the python version)')
-  train_images, train_labels = _read_batches([folder / name for name in TRAIN_FILES])
+  names = TRAIN_FILES[:5 * train] + (TEST_FILE,)
+  if missing := [name for name in names if not os.path.lexists(folder / name)]:
+    inner = folder / ARCHIVE_FOLDER
+    raise DataError(f'CIFAR-10 batch {folder / missing[0]} does not exist: ' + (
+        f'point data_dir at {inner}, the folder inside it' if inner.is_dir() else
+        'point data_dir at the folder holding data_batch_1..5 and test_batch (the python '
+        'version)'))
+  train_images, train_labels = _read_batches([folder / name for name in TRAIN_FILES[:5 * train]])
   return Cifar10(train_images, train_labels, *_read_batches([folder / TEST_FILE]))
 
 
@@ -127,4 +136,4 @@ def _read_batches(paths: list[pathlib.Path]) -> tuple[np.ndarray, np.ndarray]:
     if (bad := array[(array < 0) | (array > 9)]).size:
       raise _error(_BATCH, path, f"'labels' contain {bad[0]}, outside 0..9")
     labels.append(array.astype(np.int32))
-  return _nhwc(datas), np.concatenate(labels)
+  return _nhwc(datas), np.concatenate(labels or [np.zeros(0, np.int32)])

@@ -6,7 +6,7 @@ from typing import Any
 from absl import logging
 import numpy as np
 
-from flax_seresnet.errors import DataError
+from input_pipeline.errors import DataError
 from input_pipeline.cifar10 import Cifar10, load_cifar10
 from input_pipeline.download import ARCHIVE_FOLDER, OFFICIAL_URL, download_cifar10
 from input_pipeline.tfds_source import load_cifar10_tfds
@@ -34,9 +34,15 @@ def cifar10_dir(config: Any) -> pathlib.Path:
     cache = os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
     folder, setting = os.path.join(cache, 'flax-seresnet', ARCHIVE_FOLDER), None
   folder = pathlib.Path(folder).expanduser()
-  if folder.is_dir():
-    return folder
-  if folder.exists():
+  try:
+    if folder.is_dir():
+      return folder
+    exists = folder.exists()
+  except OSError as e:  # e.g. a name too long for the file system
+    raise DataError(f'{setting or "the cache folder"}={folder} cannot be used ({e.strerror}): '
+                    f'point {setting or "config.data_dir"} at the folder of data_batch_1..5, '
+                    'test_batch') from None
+  if exists:
     raise DataError(f'{setting or "the cache folder"}={folder} is a file: point '
                     f'{setting or "config.data_dir"} at the folder of data_batch_1..5, test_batch')
   if setting and not config.download:
@@ -49,8 +55,9 @@ def cifar10_dir(config: Any) -> pathlib.Path:
     raise DataError(f'{e}; or point config.data_dir or ${ENV_VAR} at such a folder') from None
 
 
-def load_dataset(config: Any) -> Cifar10:
-  """Loads config.dataset ('cifar10', 'tfds' or 'synthetic'), cut to config.*_subset if set."""
+def load_dataset(config: Any, splits=('train', 'test')) -> Cifar10:
+  """Loads config.dataset ('cifar10', 'tfds' or 'synthetic'), cut to config.*_subset if set;
+  a split not in `splits` comes empty (evaluation reads no training images)."""
   if config.dataset == 'synthetic':
     data, source = synthetic_cifar10(), 'random arrays (dataset=synthetic)'
   elif config.dataset == 'tfds':
@@ -58,13 +65,15 @@ def load_dataset(config: Any) -> Cifar10:
     source = f"tensorflow_datasets' cifar10 in {config.tfds_data_dir or 'its default folder'}"
   else:
     folder = cifar10_dir(config)
-    data, source = load_cifar10(folder), str(folder)
+    data, source = load_cifar10(folder, train='train' in splits), str(folder)
   subsets = {split: getattr(config, f'{split}_subset') for split in ('train', 'test')}
   for split, subset in subsets.items():
-    if subset > (count := len(getattr(data, f'{split}_labels'))):
+    if split in splits and subset > (count := len(getattr(data, f'{split}_labels'))):
       raise DataError(f'config.{split}_subset={subset} but the {split} set has only {count} '
                       'images: use 0 (all) or a smaller number')
-  data = Cifar10(*(v[:subsets[k.split('_')[0]] or None] for k, v in data._asdict().items()))
-  logging.info('CIFAR-10 from %s: %d training and %d test images', source,
-               len(data.train_labels), len(data.test_labels))
+  data = Cifar10(*(v[:subsets[k.split('_')[0]] or None] if k.split('_')[0] in splits else v[:0]
+                   for k, v in data._asdict().items()))
+  logging.info('CIFAR-10 from %s: %s images', source, ' and '.join(
+      f'{len(getattr(data, f"{split}_labels"))} {"training" if split == "train" else split}'
+      for split in splits))
   return data

@@ -15,7 +15,7 @@ import zlib
 
 import tqdm
 
-from flax_seresnet.errors import DataError, one_line
+from input_pipeline.errors import DataError, one_line
 
 OFFICIAL_URL = 'https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz'
 OFFICIAL_MD5 = 'c58f30108f718f92721af3b95e74349a'

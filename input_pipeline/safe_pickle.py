@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from flax_seresnet.errors import CheckpointError, DataError, one_line
+from input_pipeline.errors import DataError, one_line
+from input_pipeline.files import read_file
 
 _NUMERIC = frozenset('b1 i1 i2 i4 i8 u1 u2 u4 u8 f2 f4 f8'.split())  # numpy's spelling in pickles
 _MAX_DEPTH = 32
@@ -144,11 +145,7 @@ def _finish(root: Any, size: int) -> Any:
 
 
 def _problem(e: BaseException) -> str:
-  """What is wrong with a file and what to do, for a one-line message after its name."""
-  if isinstance(e, OSError):
-    return {FileNotFoundError: 'does not exist: fix the path',
-            IsADirectoryError: 'is a folder, not a file: fix the path'}.get(
-                type(e), f'cannot be read ({one_line(e)}): check the path and its permissions')
+  """What is wrong with a file's content and what to do, for a one-line message."""
   if isinstance(e, _Refused):
     return (f'is refused: it {one_line(e)}; it may be malicious: do not use it, replace it with '
             'a trusted copy')
@@ -161,28 +158,35 @@ def _problem(e: BaseException) -> str:
 
 def safe_load(path: str | os.PathLike[str], *, what: str = 'dataset file') -> Any:
   """Unpickles `path` (Python 2 strings as bytes); DataError on anything wrong or not allowed."""
+  data = read_file(path, what)
   try:
-    with open(path, 'rb') as f:
-      data = f.read()
     return _finish(_Unpickler(io.BytesIO(data), encoding='bytes').load(), len(data))
   except Exception as e:  # pylint: disable=broad-except
     raise DataError(f'{what} {path} {_problem(e)}') from None
 
 
 def load_torch_file(path: str | os.PathLike[str]) -> Any:
-  """torch.load(path, map_location='cpu', weights_only=True) plus numpy scalars, zip checked
-  first; CheckpointError on anything wrong or not allowed."""
-  import torch  # pylint: disable=g-import-not-at-top
+  """torch.load(path, map_location='cpu', weights_only=True) plus numpy scalars, a zip's sizes
+  checked first; DataError on anything wrong or not allowed."""
   try:
-    with zipfile.ZipFile(path) as archive:
-      declared = sum(member.file_size for member in archive.infolist())
-    if declared > (size := os.path.getsize(path)):  # torch.save does not compress
-      raise _Refused(f'declares {declared} bytes of content in {size} bytes (a zip bomb?)')
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    raise DataError(f'reading the PyTorch checkpoint {path} needs PyTorch: pip install '
+                    "'flax-seresnet[torch]' (on a CPU: pip install torch==2.13.0)") from None
+  what = 'PyTorch checkpoint'
+  data = read_file(path, what)
+  try:
+    if zipfile.is_zipfile(io.BytesIO(data)):  # torch.save's format; older files are a pickle
+      with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        declared = sum(member.file_size for member in archive.infolist())
+      if declared > len(data):  # torch.save does not compress
+        raise _Refused(f'declares {declared} bytes of content in {len(data)} bytes (a zip bomb?)')
     with torch.serialization.safe_globals(_TORCH_ALLOWED):
-      return _finish(torch.load(path, map_location='cpu', weights_only=True), size)
+      return _finish(torch.load(io.BytesIO(data), map_location='cpu', weights_only=True),
+                     len(data))
   except Exception as e:  # pylint: disable=broad-except
     # torch re-raises the unpickler's error as one that advises weights_only=False.
     cause = e.__context__ if isinstance(e, pickle.UnpicklingError) and e.__context__ else e
     if not isinstance(cause, _Refused) and (match := re.search(r'GLOBAL (\S+)', str(cause))):
       cause = _Refused(f'asks for {match[1]}')
-    raise CheckpointError(f'PyTorch checkpoint {path} {_problem(cause)}') from None
+    raise DataError(f'{what} {path} {_problem(cause)}') from None

@@ -4,7 +4,7 @@ import textwrap
 
 import numpy as np
 
-from flax_seresnet.errors import DataError
+from input_pipeline.errors import DataError
 from input_pipeline.cifar10 import Cifar10
 
 

@@ -20,7 +20,14 @@ def test_the_shipped_configs_are_valid(module):
 
 
 def test_fast_config_scales_the_published_rate_with_the_batch():
-  assert fast.get_config().learning_rate == 0.1 * 512 / 128
+  from flax_seresnet import optim
+  config = fast.get_config()
+  assert optim.peak_learning_rate(config) == 0.1 * 512 / 128
+  config.batch_size = 256  # an override rescales the rate: it is derived where it is used
+  assert optim.peak_learning_rate(config) == 0.1 * 256 / 128
+  assert float(optim.learning_rate_schedule(config, 10)(20)) == pytest.approx(0.2)  # warmed up
+  config.learning_rate_batch_size = 0  # the control: no scaling, the rate as given
+  assert optim.peak_learning_rate(config) == 0.1
 
 
 @pytest.mark.parametrize('key,value,message', [

@@ -78,7 +78,6 @@ def test_normalize_is_the_whole_eval_transform():
   got = normalize(images)
   assert got.dtype == jnp.float32 and got.shape == images.shape
   np.testing.assert_allclose(got, _np_normalize(images), rtol=1e-5, atol=1e-5)
-  assert normalize(images, dtype=jnp.bfloat16).dtype == jnp.bfloat16
 
 
 def test_augment_is_crop_flip_then_normalize():

@@ -1,9 +1,15 @@
-"""Host-side batch planning: permutations, train/eval batches, per-process slices."""
+"""The batch plan: permutations, train and eval batches, per-process rows, and every batch rule."""
 import numpy as np
 import pytest
 
-from input_pipeline import (epoch_permutation, eval_batches, process_slice, steps_per_epoch,
-                            train_batches)
+from input_pipeline import BatchPlan, DataError, epoch_permutation
+
+
+def plan(n, batch_size, drop_last=False, devices=1, processes=1, index=0, num_test=10,
+         eval_batch_size=10, seed=0):
+  return BatchPlan(num_test=num_test, eval_batch_size=eval_batch_size, num_train=n,
+                   batch_size=batch_size, seed=seed, drop_last=drop_last, num_devices=devices,
+                   num_processes=processes, process_index=index)
 
 
 def test_permutation_is_a_reproducible_function_of_seed_and_epoch():
@@ -20,7 +26,7 @@ def test_permutation_is_a_reproducible_function_of_seed_and_epoch():
   assert len(epoch_permutation(0, 0, 0)) == 0
 
 
-@pytest.mark.parametrize('n, batch_size, drop_last, multiple_of, sizes', [
+@pytest.mark.parametrize('n, batch_size, drop_last, devices, sizes', [
     (10, 4, False, 1, [4, 4, 2]),
     (10, 4, True, 1, [4, 4]),
     (12, 4, False, 1, [4, 4, 4]),
@@ -31,60 +37,73 @@ def test_permutation_is_a_reproducible_function_of_seed_and_epoch():
     (50000, 128, False, 1, [128] * 390 + [80]),
     (50000, 512, False, 8, [512] * 97 + [336]),
     (3, 8, False, 1, [3]),
-    (3, 8, True, 1, []),
-    (0, 8, False, 1, []),
 ])
-def test_train_batches(n, batch_size, drop_last, multiple_of, sizes):
-  perm = epoch_permutation(0, 0, n)
-  batches = train_batches(perm, batch_size, drop_last=drop_last, multiple_of=multiple_of)
+def test_train_batches(n, batch_size, drop_last, devices, sizes):
+  p = plan(n, batch_size, drop_last, devices)
+  batches = p.train_batches(0)
   assert [len(b) for b in batches] == sizes
-  assert steps_per_epoch(n, batch_size, drop_last, multiple_of) == len(sizes)
+  assert p.steps_per_epoch == len(sizes)
+  assert p.batch_sizes == sorted(set(sizes), reverse=True)
+  assert p.images_in_steps(0, len(sizes)) == sum(sizes)
+  if len(sizes) > 2:
+    assert p.images_in_steps(1, len(sizes) - 1) == sum(sizes[1:-1])
   assert all(b.dtype == np.int32 for b in batches)
   # In order, disjoint, taken from the front of the permutation.
-  joined = np.concatenate(batches) if batches else np.zeros(0, np.int32)
-  np.testing.assert_array_equal(joined, perm[:sum(sizes)])
+  joined = np.concatenate(batches)
+  np.testing.assert_array_equal(joined, epoch_permutation(0, 0, n)[:sum(sizes)])
   assert len(np.unique(joined)) == len(joined)
 
 
 def test_train_batches_cover_everything_without_drop():
-  perm = epoch_permutation(5, 1, 1001)
-  batches = train_batches(perm, 100)
+  batches = plan(1001, 100, seed=5).train_batches(1)
   np.testing.assert_array_equal(np.sort(np.concatenate(batches)), np.arange(1001))
 
 
-@pytest.mark.parametrize('n, batch_size, multiple_of, size', [
-    (10000, 1000, 1, 1000), (10000, 1000, 3, 1002), (10, 4, 1, 4), (10, 3, 4, 4), (1, 5, 2, 6),
+@pytest.mark.parametrize('kwargs, message', [
+    (dict(n=0, batch_size=8), 'the training set holds no images'),
+    (dict(n=3, batch_size=8, drop_last=True), 'leaves no training step for 3 images '
+     r'\(drop_last=True'),
+    (dict(n=1, batch_size=2, devices=2), r'leaves no training step for 1 images \(drop_last=False'),
+    (dict(n=100, batch_size=12, devices=8), 'does not split over the 8 devices: use a multiple'),
+    (dict(n=100, batch_size=8, num_test=0), 'holds no images'),
 ])
-def test_eval_batches(n, batch_size, multiple_of, size):
-  batches = list(eval_batches(n, batch_size, multiple_of=multiple_of))
-  assert len(batches) == -(-n // size)
+def test_every_batch_rule_is_one_error_naming_the_setting(kwargs, message):
+  with pytest.raises(DataError, match=message) as raised:
+    plan(**kwargs)
+  assert '\n' not in str(raised.value)
+
+
+@pytest.mark.parametrize('n, batch_size, devices, size', [
+    (10000, 1000, 1, 1000), (10000, 1000, 3, 1002), (10, 4, 1, 4), (10, 3, 4, 4), (1, 5, 2, 2),
+    (200, 1000000, 8, 200),  # never padded beyond what the set needs
+    (201, 1000000, 8, 208),
+])
+def test_eval_batches(n, batch_size, devices, size):
+  p = BatchPlan(num_test=n, eval_batch_size=batch_size, num_devices=devices)
+  batches = list(p.eval_batches())
+  assert p.eval_size == size and len(batches) == -(-n // size)
   for indices, mask in batches:
     assert indices.shape == mask.shape == (size,)
     assert indices.dtype == np.int32 and mask.dtype == bool
     assert (indices[~mask] == 0).all()
-    # The padding is only at the end.
-    assert mask[:mask.sum()].all()
+    assert mask[:mask.sum()].all()  # the padding is only at the end
   valid = np.concatenate([indices[mask] for indices, mask in batches])
   np.testing.assert_array_equal(valid, np.arange(n))  # each exactly once, in order
 
 
-def test_eval_batches_empty():
-  assert not list(eval_batches(0, 10))
-
-
-def test_process_slice():
+def test_local_rows():
   batch = np.arange(24)
-  parts = [process_slice(batch, i, 4) for i in range(4)]
+  parts = [plan(100, 8, processes=4, index=i).local(batch) for i in range(4)]
   assert all(len(p) == 6 for p in parts)
   np.testing.assert_array_equal(np.concatenate(parts), batch)  # disjoint, contiguous, in order
-  np.testing.assert_array_equal(process_slice(batch, 0, 1), batch)
+  np.testing.assert_array_equal(plan(100, 8).local(batch), batch)
 
 
 def test_every_process_plans_the_same_epoch():
-  """Processes computing the plan separately feed disjoint slices covering each batch."""
-  plans = [train_batches(epoch_permutation(9, 2, 1000), 64, multiple_of=8) for _ in range(2)]
-  for batch_a, batch_b in zip(*plans):
+  """Processes computing the plan separately feed disjoint rows covering each batch."""
+  plans = [plan(1000, 64, devices=8, processes=2, index=i, seed=9) for i in range(2)]
+  for batch_a, batch_b in zip(plans[0].train_batches(2), plans[1].train_batches(2)):
     np.testing.assert_array_equal(batch_a, batch_b)
-    mine, theirs = process_slice(batch_a, 0, 2), process_slice(batch_b, 1, 2)
+    mine, theirs = plans[0].local(batch_a), plans[1].local(batch_b)
     assert not set(mine) & set(theirs)
     np.testing.assert_array_equal(np.concatenate([mine, theirs]), batch_a)

@@ -1,7 +1,6 @@
 """Data parallelism on 8 forced CPU devices (tests/conftest.py): one train step on 8 devices, with
 jit and with pmap, moves every parameter as one device does; a deliberately broken variant fails
 the same check. Two JAX processes train as one process does."""
-import functools
 import os
 import socket
 import subprocess
@@ -24,15 +23,16 @@ def variables(state):
   return {'params': state.params, 'batch_stats': state.batch_stats}
 
 
-def one_step(config, data, indices, step_fn=steps.train_step):
+def one_step(config, data, indices, step_fn=None):
   """(variables before, variables after) one train step of a fresh state on `indices`."""
   dp = parallel.DataParallel(config)
   model = model_from_config(config.model, **dp.model_overrides())
   state = steps.create_train_state(model, optim.make_optimizer(config, 5), jax.random.key(0))
   before = flat_variables(variables(state))
-  train_fn = dp.compile_train(functools.partial(step_fn, config=config))
+  train_fn = dp.compile_train(step_fn or train.train_step_of(config))
   key_data = dp.replicate(jax.random.key_data(jax.random.key(1)))
-  new_state, _ = train_fn(dp.replicate(state), dp.replicate(data), dp.shard(indices), key_data)
+  new_state, _ = train_fn(dp.replicate(state), dp.replicate(data), dp.shard(indices), key_data,
+                          dp.stop_flags(False))
   host = dp.to_host(new_state)
   return before, flat_variables(variables(host))
 
@@ -65,11 +65,12 @@ def test_eight_devices_take_the_step_of_one_device(batch, reference, mode):
 
 def test_the_check_fails_for_unsynchronised_gradients(batch, reference):
   """pmap without the gradient average: each device steps on its own eighth of the batch."""
-  def unsynchronised(state, data, indices, key_data, *, config, axis_name):
-    del axis_name
-    return steps.train_step(state, data, indices, key_data, config=config)
-  before, expected = reference
   config = tiny_config(num_devices=8, parallel='pmap', learning_rate=0.1)
+
+  def unsynchronised(state, data, indices, key_data, *, axis_name):
+    del axis_name
+    return train.train_step_of(config)(state, data, indices, key_data)
+  before, expected = reference
   _, got = one_step(config, *batch, step_fn=unsynchronised)
   assert worst_ratio(before, expected, got) > 0.05
 
@@ -103,10 +104,10 @@ def test_two_processes_train_as_one_process(learnable_cifar10_dir, tmp_path):
        f'distributed.coordinator_address=127.0.0.1:{port}', 'distributed.num_processes=2',
        f'distributed.process_id={i}'], env=env, stdout=subprocess.PIPE,
       stderr=subprocess.STDOUT, text=True) for i in range(2)]
-  trainer = train.Trainer(tiny_config(**dict(overrides, num_devices=4)), str(tmp_path / 'one'))
-  before = flat_variables(variables(trainer.dp.to_host(trainer.state)))
-  trainer.run()
-  expected = flat_variables(variables(trainer.dp.to_host(trainer.state)))
+  with train.Trainer(tiny_config(**dict(overrides, num_devices=4)), str(tmp_path / 'one')) as trainer:
+    before = flat_variables(variables(trainer.dp.to_host(trainer.state)))
+    trainer.run()
+    expected = flat_variables(variables(trainer.dp.to_host(trainer.state)))
   for proc in procs:
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out[-3000:]

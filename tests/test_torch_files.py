@@ -12,7 +12,7 @@ import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
-from flax_seresnet.errors import CheckpointError
+from input_pipeline.errors import DataError
 from input_pipeline.safe_pickle import load_torch_file
 
 torch = pytest.importorskip('torch')
@@ -88,7 +88,7 @@ _DTYPE_STATE = b'J\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00t'
 def test_other_globals_are_refused(original, tmp_path, old, new, named):
   path = tmp_path / 'evil.pth'
   _rewrite(original[0], path, old, new)
-  with pytest.raises(CheckpointError) as info:
+  with pytest.raises(DataError) as info:
     load_torch_file(path)
   message = str(info.value)
   assert 'is refused' in message and named in message and str(path) in message
@@ -104,7 +104,7 @@ def test_payload_object_is_refused(tmp_path):
 
   path = tmp_path / 'evil.pth'
   torch.save({'net': {}, 'x': Payload()}, path)
-  with pytest.raises(CheckpointError, match=r'is refused: it asks for print\b'):
+  with pytest.raises(DataError, match=r'is refused: it asks for print\b'):
     load_torch_file(path)
 
 
@@ -119,7 +119,7 @@ def test_damaged_files(original, tmp_path, damage, expected):
   elif damage != 'missing':
     path.write_bytes({'truncated': content[:len(content) // 2], 'text': b'<html>404</html>',
                       'empty': b''}[damage])
-  with pytest.raises(CheckpointError) as info:
+  with pytest.raises(DataError) as info:
     load_torch_file(path)
   message = str(info.value)
   assert expected in message and str(path) in message
@@ -161,6 +161,6 @@ def test_zip_bomb_is_refused_before_inflating(original, tmp_path, monkeypatch):
     raise AssertionError('torch.load reached the zip bomb')
 
   monkeypatch.setattr(torch, 'load', inflate)
-  with pytest.raises(CheckpointError, match='zip bomb') as info:
+  with pytest.raises(DataError, match='zip bomb') as info:
     load_torch_file(path)
   assert str(path) in str(info.value) and '\n' not in str(info.value)

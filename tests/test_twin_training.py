@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import input_pipeline
-from flax_seresnet import optim, steps
+from flax_seresnet import optim, steps, train
 from flax_seresnet.model import SEResNet
 from tests.train_helpers import tiny_config
 
@@ -38,7 +38,7 @@ def jax_run(config, initial, data, key_data):
   state = steps.TrainState.create(
       apply_fn=model.apply, params=variables['params'], batch_stats=variables['batch_stats'],
       tx=optim.make_optimizer(config, STEPS_PER_EPOCH))
-  step = jax.jit(functools.partial(steps.train_step, config=config))
+  step = jax.jit(train.train_step_of(config))
   losses, states = [], []
   for epoch in range(EPOCHS):
     for indices in batches(epoch):
@@ -89,8 +89,8 @@ def torch_run(initial, data, key_data, decay_before_clipping=False):
 
 
 def batches(epoch):
-  return input_pipeline.train_batches(
-      input_pipeline.epoch_permutation(0, epoch, STEPS_PER_EPOCH * BATCH), BATCH)
+  return input_pipeline.BatchPlan(num_test=1, eval_batch_size=1, num_train=STEPS_PER_EPOCH * BATCH,
+                                  batch_size=BATCH).train_batches(epoch)
 
 
 def distance(a, b):

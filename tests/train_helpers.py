@@ -51,21 +51,21 @@ def main(argv):
   if kill_after:  # a hard kill right after the checkpoint of that epoch is written
     save = train.Trainer._save
 
-    def save_then_die(self, epoch, *args):
-      save(self, epoch, *args)
-      if epoch == kill_after:
+    def save_then_die(self, *args):
+      save(self, *args)
+      if self.meta['epoch'] == kill_after:
         os.kill(os.getpid(), signal.SIGKILL)
     train.Trainer._save = save_then_die
   modes = str(overrides.pop('parallel', 'jit')).split(',')
   for mode in modes:  # one process start for several modes: starting JAX takes seconds
     config = tiny_config(**overrides, parallel=mode)
     if mode == modes[0]:
-      parallel.maybe_initialize_distributed(config.distributed)
+      parallel.initialize_distributed(config.distributed)
     suffix = f'_{mode}' if len(modes) > 1 else ''
-    trainer = train.Trainer(config, workdir + suffix)
-    states = {'before': trainer.dp.to_host(trainer.state)}
-    trainer.run()
-    states['after'] = trainer.dp.to_host(trainer.state)
+    with train.Trainer(config, workdir + suffix) as trainer:
+      states = {'before': trainer.dp.to_host(trainer.state)}
+      trainer.run()
+      states['after'] = trainer.dp.to_host(trainer.state)
     if jax.process_index() == 0:
       np.savez(f'{out}{suffix}.npz', **flat_variables(
           {name: {'params': s.params, 'batch_stats': s.batch_stats} for name, s in states.items()}))

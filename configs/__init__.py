@@ -1,0 +1,1 @@
+"""The shipped recipes: one `get_config()` per file (`python main.py --config configs/NAME.py`)."""
