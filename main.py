@@ -36,6 +36,8 @@ flags.DEFINE_string('input', None, 'predict: the unlabeled pickle {data, ids}.')
 flags.DEFINE_string('output', None, 'predict: the CSV to write (header ID,Labels).')
 flags.DEFINE_bool('list_config', False, 'Print every setting (of --config, else the defaults) '
                   'with what it means, then exit.')
+flags.DEFINE_bool('dry_run', False, 'Check the flags and the config, say what would run, then '
+                  'exit (reads no data).')
 
 
 def fail(message, code: int = 2, prefix: str = 'error'):
@@ -79,8 +81,24 @@ def _config_problem(e: Exception, argv) -> str:
           '--list_config` shows each key with a value of its type')
 
 
+def _shipped_config(argv):
+  """--config NAME (or a path that does not exist here) also finds a shipped config by name, so
+  that the installed `flax-seresnet --config fast` works from any folder."""
+  path = _config_path(argv)
+  if not path or os.path.exists(path):
+    return argv
+  import configs  # pylint: disable=import-outside-toplevel
+  shipped = os.path.join(os.path.dirname(configs.__file__), os.path.basename(path))
+  shipped += '' if shipped.endswith('.py') else '.py'
+  if not os.path.isfile(shipped):
+    return argv
+  return [shipped if arg == path else arg.replace(f'--config={path}', f'--config={shipped}')
+          for arg in argv]
+
+
 def parse_flags(argv):
   """absl's parsing, with a bad flag or config file reported in one line, not a traceback."""
+  argv = _shipped_config(argv)
   try:
     rest = FLAGS(argv)
     if FLAGS.config is not None:
@@ -133,6 +151,10 @@ def main(argv):
     watch = None
     try:
       config_lib.validate(FLAGS.config)
+      if FLAGS.dry_run:
+        print(f'would {FLAGS.mode} with config {FLAGS.config.name}'
+              f'{f" in {FLAGS.workdir}" if FLAGS.workdir else ""}: flags and config are valid')
+        return
       parallel.initialize_distributed(FLAGS.config.distributed)
       if parallel.jax.process_count() > 1:
         watch = parallel.PeerWatch(FLAGS.config.distributed.timeout_s)
@@ -152,5 +174,10 @@ def main(argv):
       watch.close()
 
 
-if __name__ == '__main__':
+def run():
+  """The console script `flax-seresnet` (pip install puts it on PATH)."""
   app.run(main, flags_parser=parse_flags)
+
+
+if __name__ == '__main__':
+  run()

@@ -339,3 +339,30 @@ def test_ema_parameters_are_kept_and_evaluated(learnable_cifar10_dir, tmp_path):
   variables = inference.load_model(config, str(tmp_path))[1]
   chex.assert_trees_all_equal(flat_variables(variables['params']),
                               flat_variables(host.ema_params))
+
+
+def test_raising_num_epochs_continues_a_finished_run_and_says_what_the_schedule_does(
+    straight, learnable_cifar10_dir, copy_of):
+  copy = copy_of(straight[0])
+  with pytest.raises(CheckpointError, match='already holds epoch 3, beyond config.num_epochs=2'):
+    train.train_and_evaluate(config_for(learnable_cifar10_dir, num_epochs=2), str(copy))
+  with captured_logs() as lines:
+    summary = train.train_and_evaluate(config_for(learnable_cifar10_dir, num_epochs=4), str(copy))
+  assert summary['finished'] and summary['epochs'] == 4
+  # The cosine per epoch: 0.05 at (1 + cos(pi * 2 / 3)) / 2, then 0.05 at (1 + cos(3 pi / 4)) / 2.
+  assert any('config.num_epochs=4 (saved: 3): the schedule is recomputed for 4 epochs; the '
+             'learning rate goes from 0.0125 (the last step trained) to 0.007322 (the next).'
+             in line for line in lines), lines
+  assert [r['epoch'] for r in records(copy)] == [1, 2, 3, 4]
+
+
+def test_an_early_estimate_of_the_run_and_the_gpu_note_only_for_long_runs(
+    learnable_cifar10_dir, tmp_path, monkeypatch):
+  monkeypatch.setattr(train, 'CPU_NOTE_S', 0.0)  # any run counts as long: the note shows
+  with captured_logs() as lines:
+    train.train_and_evaluate(config_for(learnable_cifar10_dir, batch_size=8, num_epochs=1),
+                             str(tmp_path))
+  estimate = [line for line in lines if line.startswith('about ')]
+  assert len(estimate) == 1 and ' s a step: ' in estimate[0], lines
+  assert estimate[0].endswith('of training for this run; no accelerator found: this recipe is '
+                              'meant for a GPU.')
