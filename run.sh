@@ -45,4 +45,4 @@ if [ "$what" = train ]; then
   [ $# -gt 0 ] || set -- --config configs/seresnet.py --workdir runs/seresnet
   exec .venv/bin/python main.py "$@"
 fi
-exec .venv/bin/python -m pytest -q "$@"
+exec .venv/bin/python -m pytest -q -n 2 "$@"  # two workers: the tests wait on subprocesses often

@@ -30,6 +30,7 @@ from flax_seresnet.model import model_from_config
 LEAD_STEPS = 8  # the host runs at most this many steps ahead of the device: the bar shows work done
 SUM_KEYS = ('loss_sum', 'correct', 'count')
 CPU_NOTE_S = 3600  # a CPU run estimated longer than this is told that the recipe wants a GPU
+PLOT_EVERY_S = 60  # curves.png at periodic checkpoints at most this often (a plot takes ~0.5 s)
 
 
 def _duration(seconds: float) -> str:
@@ -155,7 +156,7 @@ class Trainer:
     self._eval_fn = dp.compile_eval(functools.partial(
         steps.eval_step, apply_fn=self.model.apply, flip_tta=config.eval_flip_tta))
     self._compiled, self._stop_flags = {}, [dp.stop_flags(False), dp.stop_flags(True)]
-    self._estimated = False
+    self._estimated, self._plotted = False, time.monotonic()
 
   def _position(self) -> str:
     meta = self.meta
@@ -329,8 +330,9 @@ class Trainer:
       self._save(accuracy)
     logging.info(' '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}'
                           for k, v in record.items()))
-    if every(config.checkpoint_every_epochs):
-      self.records.plot()
+    if every(config.checkpoint_every_epochs) and time.monotonic() - self._plotted > PLOT_EVERY_S:
+      self.records.plot()  # also at the end of the run
+      self._plotted = time.monotonic()
 
   def _interrupted(self, stop):
     """Saves where the run stands (unless saved already), then raises Interrupted."""

@@ -14,7 +14,10 @@ os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 # One compilation cache for this test session and its subprocesses: the tiny training runs
 # compile the same steps many times.
-os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', tempfile.mkdtemp(prefix='jax_cache_'))
+# With pytest-xdist (run.sh: -n 2) the workers share it through the run's id.
+_RUN = os.environ.get('PYTEST_XDIST_TESTRUNUID')
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', os.path.join(tempfile.gettempdir(), f'jax_cache_{_RUN}')
+                      if _RUN else tempfile.mkdtemp(prefix='jax_cache_'))
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
 
