@@ -229,6 +229,14 @@ def validate(config) -> None:
            f'config.distributed.num_processes={dist.num_processes}.')
 
 
+def check_model(fields: dict) -> None:
+  """The rules of the model settings, for SEResNet fields from elsewhere (a .pth's shapes)."""
+  for key, value in fields.items():
+    problem = SETTINGS[f'model.{key}'].rule(value)
+    _require(problem is None, f'model.{key}={value!r} {problem}')
+  _validate_model(ml_collections.ConfigDict(dict(defaults().model.to_dict(), **fields)))
+
+
 def _validate_model(model) -> None:
   stages = len(model.stage_blocks)
   _require(stages <= MAX_STAGES, f'config.model.stage_blocks has {stages} stages: use at most '

@@ -27,7 +27,10 @@ class StopRequest:
     read, write = os.pipe()
     os.set_blocking(write, False)
     self._fds = (read, write)
-    self._saved = {s: signal.signal(s, lambda *_: None) for s in SIGNALS}
+    # A signal ignored by whoever started us stays ignored (nohup's SIGHUP, a background job's
+    # SIGINT).
+    self._saved = {s: signal.signal(s, lambda *_: None) for s in SIGNALS
+                   if signal.getsignal(s) is not signal.SIG_IGN}
     self._old_fd = signal.set_wakeup_fd(write, warn_on_full_buffer=False)
     threading.Thread(target=self._watch, args=(read,), daemon=True).start()
     return self

@@ -18,7 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flax_seresnet.errors import CheckpointError, DataError
+from flax_seresnet import config as config_lib
+from flax_seresnet.errors import CheckpointError, ConfigError, DataError
 from flax_seresnet.model import SEResNet, model_from_config
 from input_pipeline import safe_pickle
 
@@ -44,12 +45,18 @@ def torch_key(collection: str, path: Tuple[str, ...]) -> str:
   return '.'.join(names + [_LEAF_NAMES[(collection, leaf)]])
 
 
-def _as_numpy(value) -> np.ndarray:
-  # Always copy: jnp.asarray may alias a NumPy buffer on the CPU, and torch updates its
-  # tensors (running statistics) in place.
+def _as_numpy(key: str, value) -> np.ndarray:
+  """A tensor or array of real numbers as a NumPy copy (jnp.asarray may alias a NumPy buffer on
+  the CPU, and torch updates its tensors in place); only the step counters may be integers."""
   if hasattr(value, 'detach'):  # a torch.Tensor
     value = value.detach().cpu()
-    return (value.float() if value.is_floating_point() else value).numpy().copy()
+    value = (value.float() if value.is_floating_point() else value).numpy()
+  if not isinstance(value, np.ndarray):
+    raise CheckpointError(f'checkpoint key {key!r} holds a {type(value).__name__}, not a tensor.')
+  kinds = 'fiub' if key.endswith('num_batches_tracked') else 'f'
+  if value.dtype.kind not in kinds:
+    raise CheckpointError(f'checkpoint key {key!r} holds {value.dtype} values, not real '
+                          'floating-point numbers: not a trained SE-ResNet.')
   return np.array(value, copy=True)
 
 
@@ -69,7 +76,9 @@ def read_state_dict(source: Union[str, os.PathLike, Mapping[str, Any]]) -> Dict[
     if isinstance(source.get(wrapper), Mapping):
       source = source[wrapper]
       break
-  return {k.removeprefix('module.'): _as_numpy(v) for k, v in source.items()}
+  if bad := [k for k in source if not isinstance(k, str)][:1]:
+    raise CheckpointError(f'checkpoint has the key {bad[0]!r}, not a name: not a state_dict.')
+  return {k.removeprefix('module.'): _as_numpy(k, v) for k, v in source.items()}
 
 
 def infer_model_config(state_dict: Mapping[str, Any]) -> Dict[str, Any]:
@@ -83,29 +92,41 @@ def infer_model_config(state_dict: Mapping[str, Any]) -> Dict[str, Any]:
   for key in sd:
     if match := re.match(r'residual_layers\.(\d+)\.(\d+)\.', key):
       blocks[int(match[1])] = max(blocks.get(int(match[1]), 0), int(match[2]) + 1)
-  if not blocks or 'linear.weight' not in sd:
+  if not blocks or 'linear.weight' not in sd or sorted(blocks) != list(range(len(blocks))):
     raise CheckpointError('not an SE-ResNet state_dict: expected keys '
-                          'residual_layers.{stage}.{block}.* and linear.weight.')
+                          'residual_layers.{stage}.{block}.* with stages 0..N-1, and '
+                          'linear.weight.')
+
+  def shape(key, rank):  # a missing shortcut conv has size 1
+    value = tuple(np.shape(sd[key])) if key in sd else (1,) * rank
+    if len(value) != rank or 0 in value:
+      raise CheckpointError(f'checkpoint key {key!r} has shape {value}: expected {rank} '
+                            'non-zero dimensions.')
+    return value
   stages = range(len(blocks))
-  shape = lambda k: tuple(np.shape(sd[k])) if k in sd else (1,)  # no shortcut conv: size 1
-  widths = tuple(shape(f'residual_layers.{s}.0.conv1.weight')[0] for s in stages)
+  widths = tuple(shape(f'residual_layers.{s}.0.conv1.weight', 4)[0] for s in stages)
   final_map = max(32 >> (len(blocks) - 1), 1)  # the last map side for 32x32 inputs
-  side = min(max(math.isqrt(shape('linear.weight')[1] // widths[-1]), 1), final_map)
+  side = min(max(math.isqrt(shape('linear.weight', 2)[1] // widths[-1]), 1), final_map)
   config: Dict[str, Any] = {
       'stage_blocks': tuple(blocks[s] for s in stages),
       'widths': widths,
-      'kernel_sizes': tuple(shape(f'residual_layers.{s}.0.conv1.weight')[-1] for s in stages),
-      'shortcut_kernel_sizes': tuple(shape(f'residual_layers.{s}.0.shortcut.0.weight')[-1]
+      'kernel_sizes': tuple(shape(f'residual_layers.{s}.0.conv1.weight', 4)[-1] for s in stages),
+      'shortcut_kernel_sizes': tuple(shape(f'residual_layers.{s}.0.shortcut.0.weight', 4)[-1]
                                      for s in stages),
       'preact': 'bn_final.weight' in sd,
       'avg_pool_kernel_size': final_map // side,  # a bad width fails the shape check on load
-      'num_classes': shape('linear.weight')[0],
+      'num_classes': shape('linear.weight', 2)[0],
       'se_position': 'none',
   }
   for prefix, position in (('seblock', 'stem'), ('residual_layers.0.0.se', 'blocks')):
     if f'{prefix}.conv1.weight' in sd:
-      hidden, channels = shape(f'{prefix}.conv1.weight')[:2]
+      hidden, channels = shape(f'{prefix}.conv1.weight', 4)[:2]
       config.update(se_position=position, se_reduction=max(channels // hidden, 1))
+  try:
+    config_lib.check_model(config)
+  except ConfigError as e:
+    raise CheckpointError(f'the checkpoint\'s shapes describe no possible SE-ResNet ({e})') \
+        from None
   return config
 
 

@@ -219,6 +219,61 @@ def test_mismatched_checkpoints_name_the_first_offending_key():
     load_torch_checkpoint({'fc.weight': torch.zeros(2, 2)})
 
 
+def tiny_state_dict():
+  return dict(TorchSEResNet(stage_blocks=(1, 1, 1), widths=(8, 16, 16)).state_dict())
+
+
+def renumbered(sd, stage_from):
+  return {k.replace(f'residual_layers.{k.split(".")[1]}.',
+                    f'residual_layers.{int(k.split(".")[1]) + stage_from}.')
+          if k.startswith('residual_layers.') else k: v for k, v in sd.items()}
+
+
+@pytest.mark.parametrize('damage,message', [
+    (lambda sd: {**sd, 3: torch.zeros(1)}, "the key 3, not a name"),
+    (lambda sd: renumbered(sd, 1), 'with stages 0..N-1'),
+    (lambda sd: {**sd, 'linear.weight': torch.zeros(160)}, "'linear.weight' has shape (160,)"),
+    (lambda sd: {**sd, 'residual_layers.0.0.conv1.weight': torch.zeros(0, 8, 3, 3)},
+     'expected 4 non-zero dimensions'),
+    (lambda sd: {**sd, 'seblock.conv1.weight': torch.zeros(8)}, "'seblock.conv1.weight' has shape"),
+    (lambda sd: {**sd, 'linear.bias': [1.0, [2.0, 3.0]]}, "'linear.bias' holds a list"),
+    (lambda sd: {**sd, 'linear.bias': sd['linear.bias'].to(torch.int32)}, 'holds int32 values'),
+    (lambda sd: {**sd, 'linear.bias': sd['linear.bias'].to(torch.complex64)},
+     'holds complex64 values'),
+    (lambda sd: {k: v for k, v in sd.items() if not k.startswith('linear.')}, 'not an SE-ResNet'),
+    (lambda sd: {**sd, 'linear.weight': torch.zeros(5, 16), 'linear.bias': torch.zeros(5)},
+     'num_classes=5 must be >= 10'),
+])
+def test_a_malformed_state_dict_is_one_clear_error(damage, message):
+  with pytest.raises(CheckpointError) as raised:
+    load_torch_checkpoint(damage(tiny_state_dict()))
+  assert message in str(raised.value) and '\n' not in str(raised.value), str(raised.value)
+
+
+def test_a_legacy_non_zip_file_loads(tmp_path):
+  sd = tiny_state_dict()
+  torch.save({'net': sd, 'acc': 1.0}, tmp_path / 'legacy.pth', _use_new_zipfile_serialization=False)
+  variables = load_torch_checkpoint(tmp_path / 'legacy.pth')
+  np.testing.assert_array_equal(variables['params']['linear']['bias'], sd['linear.bias'].numpy())
+
+
+@pytest.mark.parametrize('value,classes,message', [
+    (float('nan'), 10, 'holds NaN or infinite weights'),
+    (float('inf'), 10, 'holds NaN or infinite weights'),
+    (0.0, 100, 'has 100 classes; CIFAR-10 has 10'),
+])
+def test_inference_refuses_non_finite_weights_and_other_class_counts(tmp_path, value, classes,
+                                                                     message):
+  from flax_seresnet import inference
+  from tests.train_helpers import tiny_config
+  sd = dict(TorchSEResNet(stage_blocks=(1, 1, 1), widths=(8, 16, 16),
+                          num_classes=classes).state_dict())
+  sd['linear.bias'] = sd['linear.bias'] + value
+  torch.save({'net': sd}, tmp_path / 'model.pth')
+  with pytest.raises(CheckpointError, match=message):
+    inference.load_model(tiny_config(), torch_checkpoint=str(tmp_path / 'model.pth'))
+
+
 def test_explicit_model_config_dict():
   net = randomised_reference(stage_blocks=(1, 1, 1), widths=(16, 32, 64))
   variables = load_torch_checkpoint(net.state_dict(),

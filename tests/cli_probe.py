@@ -1,0 +1,46 @@
+"""main.py with a marker at the moment a signal test aims at, held there for a while:
+
+  python tests/cli_probe.py MOMENT [main.py flags]     MOMENT: save, eval or none
+
+prints `PROBE <moment>` on stderr when a checkpoint save (or an evaluation) starts, then sleeps
+for 2 s inside it, so that a signal sent on seeing the marker arrives in the middle of it.
+"""
+import os
+import pathlib
+import runpy
+import signal
+import sys
+import time
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def hold(module, name, moment):
+  original = getattr(module, name)
+
+  def held(*args, **kwargs):
+    print(f'PROBE {moment}', file=sys.stderr, flush=True)
+    time.sleep(2)
+    return original(*args, **kwargs)
+  setattr(module, name, held)
+
+
+def main():
+  moment, *flags = sys.argv[1:]
+  # As started from a terminal: a non-interactive shell or CI may start us with SIGINT ignored,
+  # and main.py keeps an ignored signal ignored.
+  signal.signal(signal.SIGINT, signal.SIG_DFL)
+  if os.environ.get('PROBE_IGNORE'):  # as nohup starts a command: that signal ignored
+    signal.signal(getattr(signal, os.environ['PROBE_IGNORE']), signal.SIG_IGN)
+  from flax_seresnet import checkpointing, inference, train  # noqa: F401
+  if moment == 'save':
+    hold(checkpointing.Checkpoints, 'save', moment)
+  elif moment == 'eval':
+    hold(train.inference, 'run_batches', moment)
+  sys.argv = [str(REPO / 'main.py'), *flags]
+  runpy.run_path(str(REPO / 'main.py'), run_name='__main__')
+
+
+if __name__ == '__main__':
+  main()
