@@ -116,36 +116,46 @@ def parse_flags(argv):
   return rest
 
 
-def run_mode(config, stop):
-  """The work of --mode; its result on stdout."""
+def results_stream():
+  """A handle of its own on stdout for the results; stdout (fd 1) itself then points at stderr,
+  so that nothing a library prints there (Gloo's connection lines, say) lands among them."""
+  sys.stdout.flush()
+  results = os.fdopen(os.dup(1), 'w', buffering=1)
+  os.dup2(2, 1)
+  return results
+
+
+def run_mode(config, stop, results):
+  """The work of --mode; its result on `results` (stdout)."""
   from flax_seresnet import inference, records, train
   from flax_seresnet.errors import ConfigError
   if FLAGS.mode == 'train':
     if not FLAGS.workdir:
       raise ConfigError('--workdir is required for training.')
     print(records.summary_line(train.train_and_evaluate(config, FLAGS.workdir, stop)),
-          flush=True)
+          file=results)
   elif FLAGS.mode == 'eval':
     result = inference.evaluate(config, FLAGS.workdir, FLAGS.checkpoint, FLAGS.torch_checkpoint,
                                 stop)
-    print(f'test_accuracy={result["accuracy"]:.2f}', flush=True)
+    print(f'test_accuracy={result["accuracy"]:.2f}', file=results)
   else:
     if not FLAGS.input or not FLAGS.output:
       raise ConfigError('--mode predict needs --input PKL and --output CSV.')
     rows = inference.predict(config, FLAGS.input, FLAGS.output, FLAGS.workdir, FLAGS.checkpoint,
                              FLAGS.torch_checkpoint, stop)
-    print(f'wrote {rows} predictions to {FLAGS.output}', flush=True)
+    print(f'wrote {rows} predictions to {FLAGS.output}', file=results)
 
 
 def main(argv):
   if len(argv) > 1:
     fail(f'unexpected arguments: {argv[1:]}')
   from flax_seresnet import interrupt
+  results = results_stream()
   with interrupt.StopRequest() as stop:  # from here on a signal stops the run cleanly
     from flax_seresnet import config as config_lib, parallel, records
     from flax_seresnet.errors import ERRORS, Interrupted
     if FLAGS.list_config:
-      print(config_lib.describe(FLAGS.config))
+      print(config_lib.describe(FLAGS.config), file=results)
       return
     records.log_to_stderr()
     watch = None
@@ -153,12 +163,13 @@ def main(argv):
       config_lib.validate(FLAGS.config)
       if FLAGS.dry_run:
         print(f'would {FLAGS.mode} with config {FLAGS.config.name}'
-              f'{f" in {FLAGS.workdir}" if FLAGS.workdir else ""}: flags and config are valid')
+              f'{f" in {FLAGS.workdir}" if FLAGS.workdir else ""}: flags and config are valid',
+              file=results)
         return
       parallel.initialize_distributed(FLAGS.config.distributed)
       if parallel.jax.process_count() > 1:
         watch = parallel.PeerWatch(FLAGS.config.distributed.timeout_s)
-      run_mode(FLAGS.config, stop)
+      run_mode(FLAGS.config, stop, results)
     except ERRORS as e:
       if watch:
         watch.close(failed=not isinstance(e, Interrupted))
