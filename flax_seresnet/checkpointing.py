@@ -117,11 +117,13 @@ class Checkpoints:
       os.makedirs(self.directory, exist_ok=True)
       with open(probe, 'w') as f:
         f.write('ok')
-      os.remove(probe)
     except OSError as e:
       raise CheckpointError(f'cannot write checkpoints to {self.directory} ({e.strerror}): '
                             'free some space, fix its permissions, or use another '
                             '--workdir.') from None
+    finally:
+      if os.path.lexists(probe):
+        os.remove(probe)
 
   def _remove_temporaries(self, step=None):
     for name in os.listdir(self.directory):

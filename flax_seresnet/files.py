@@ -99,9 +99,14 @@ class WorkdirLock:
       self._file.close()
       raise UserError(f'--workdir {workdir} is in use by another trainer (pid {holder}): wait '
                       'for it to finish, or use another --workdir.') from None
-    self._file.truncate(0)
-    self._file.write(str(os.getpid()))
-    self._file.flush()
+    try:
+      self._file.truncate(0)
+      self._file.write(str(os.getpid()))
+      self._file.flush()
+    except OSError as e:
+      self._file.close()
+      raise UserError(f'--workdir {workdir}: {self.path} cannot be written ({_problem(e)}): '
+                      'free some space or choose another folder.') from None
 
   def __enter__(self):
     return self

@@ -61,10 +61,10 @@ def records(workdir):
 class Run:
   """main.py (through tests/cli_probe.py) in a subprocess whose stderr is read as it comes."""
 
-  def __init__(self, args, moment='none', env=None):
+  def __init__(self, args, moment='none', env=None, command=None):
     self.lines, self.seen = [], threading.Condition()
     self.process = subprocess.Popen(
-        [sys.executable, str(REPO / 'tests' / 'cli_probe.py'), moment, *args], cwd=REPO,
+        command or [sys.executable, str(REPO / 'tests' / 'cli_probe.py'), moment, *args], cwd=REPO,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, 'PYTHONPATH': str(REPO), 'JAX_PLATFORMS': 'cpu', **(env or {})})
     threading.Thread(target=self._read, daemon=True).start()
@@ -75,10 +75,10 @@ class Run:
         self.lines.append(line)
         self.seen.notify_all()
 
-  def wait_for(self, text, timeout=120):
+  def wait_for(self, text, timeout=120, times=1):
     deadline = time.monotonic() + timeout
     with self.seen:
-      while not any(text in line for line in self.lines):
+      while sum(text in line for line in self.lines) < times:
         assert self.process.poll() is None, ''.join(self.lines)[-3000:]
         assert self.seen.wait(deadline - time.monotonic()), (text, ''.join(self.lines))
 
