@@ -75,6 +75,10 @@ def test_fast_config_scales_the_published_rate_with_the_batch():
     ('ema_decay', -0.5, 'must be in [0.0, 1.0)'),
     ('data_dir', 3, 'must be a string'),
     ('download', 'yes', 'must be True or False'),
+    ('seed', 2**63, 'must be in [0, 9223372036854775807]'),
+    ('distributed.coordinator_address', 'host0', "must be '' (from the environment) or HOST:PORT"),
+    ('distributed.coordinator_address', 'host0:port', 'or HOST:PORT'),
+    ('distributed.timeout_s', 0, 'must be >= 1'),
 ])
 def test_a_bad_setting_is_named_in_one_line(key, value, message):
   # Without ConfigDict's type checks, as a config built in Python may come.
@@ -97,6 +101,10 @@ def test_a_bad_setting_is_named_in_one_line(key, value, message):
     ({'nesterov': True, 'momentum': 0.0}, 'config.nesterov=True needs config.momentum > 0'),
     ({'grad_clip_value': 0.0}, "must be > 0 with config.grad_clip='value'"),
     ({'num_devices': 2, 'distributed.num_processes': 2}, 'works with one process only'),
+    ({'distributed.process_id': 5, 'distributed.num_processes': 2},
+     'config.distributed.process_id=5 must be below config.distributed.num_processes=2'),
+    ({'model.stage_blocks': (1,) * 7, 'model.widths': (8,) * 7, 'model.kernel_sizes': (3,) * 7,
+      'model.shortcut_kernel_sizes': (1,) * 7}, 'has 7 stages: use at most 6'),
 ])
 def test_settings_that_do_not_fit_together(overrides, message):
   with pytest.raises(ConfigError, match=message.replace('(', r'\(').replace(')', r'\)')):
@@ -116,10 +124,24 @@ def test_unknown_and_missing_keys_are_named():
   config = config_with()
   config.unlock()
   config.model.depth = 3
-  with pytest.raises(ConfigError, match=r'^config.model.depth is not a known setting'):
+  with pytest.raises(ConfigError, match=r'^config.model.depth is not a known setting: `python '
+                     'main.py --list_config` lists them all'):
     config_lib.validate(config)
   config = config_with()
   config.unlock()
   del config['cosine_epochs']
   with pytest.raises(ConfigError, match=r'^config.cosine_epochs is missing'):
     config_lib.validate(config)
+
+
+def test_the_schema_is_the_one_place_of_each_setting():
+  """Defaults, rules, meaning and resumability come from one table; configs only change keys."""
+  assert config_lib.flatten(seresnet.get_config()) == {
+      k: s.default for k, s in config_lib.SETTINGS.items()}
+  assert all(len(s.doc) > 10 for s in config_lib.SETTINGS.values())
+  saved = config_with().to_dict()
+  assert config_lib.resume_conflicts(saved, config_with(progress_bar=False, data_dir='x')) == []
+  assert config_lib.resume_conflicts(saved, config_with(learning_rate=0.2)) == [
+      'learning_rate: saved 0.1, now 0.2']
+  del saved['cosine_epochs']  # a run saved before the key existed: its default
+  assert config_lib.resume_conflicts(saved, config_with()) == []
