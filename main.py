@@ -27,13 +27,16 @@ config_flags.DEFINE_config_file(
     'config', None, 'Training configuration file, e.g. configs/seresnet.py. Any setting can be '
     'overridden with --config.KEY=VALUE; --list_config lists them all.', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Folder for checkpoints, metrics and plots.')
-flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'predict'], 'What to do.')
+flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'predict', 'export'], 'What to do.')
 flags.DEFINE_enum('checkpoint', 'latest', ['latest', 'best'],
                   'eval/predict: which checkpoint of --workdir to use.')
 flags.DEFINE_string('torch_checkpoint', None,
                     'eval/predict: an original PyTorch checkpoint (.pth) instead of --workdir.')
-flags.DEFINE_string('input', None, 'predict: the unlabeled pickle {data, ids}.')
-flags.DEFINE_string('output', None, 'predict: the CSV to write (header ID,Labels).')
+flags.DEFINE_string('input', None, 'predict: the unlabeled pickle {data, ids}, an image file '
+                    '(PNG, JPEG, BMP, WebP), a folder of them or a .txt list of them.')
+flags.DEFINE_string('output', None, 'predict: the CSV to write; export: the folder to write.')
+flags.DEFINE_integer('top_k', 3, 'predict: show the top K classes of the first few inputs.',
+                     lower_bound=0)
 flags.DEFINE_bool('list_config', False, 'Print every setting (of --config, else the defaults) '
                   'with what it means, then exit.')
 flags.DEFINE_bool('dry_run', False, 'Check the flags and the config, say what would run, then '
@@ -138,12 +141,23 @@ def run_mode(config, stop, results):
     result = inference.evaluate(config, FLAGS.workdir, FLAGS.checkpoint, FLAGS.torch_checkpoint,
                                 stop)
     print(f'test_accuracy={result["accuracy"]:.2f}', file=results)
-  else:
+  elif FLAGS.mode == 'predict':
     if not FLAGS.input or not FLAGS.output:
-      raise ConfigError('--mode predict needs --input PKL and --output CSV.')
-    rows = inference.predict(config, FLAGS.input, FLAGS.output, FLAGS.workdir, FLAGS.checkpoint,
-                             FLAGS.torch_checkpoint, stop)
+      raise ConfigError('--mode predict needs --input (a pickle, images or a folder) and '
+                        '--output CSV.')
+    rows, top = inference.predict(config, FLAGS.input, FLAGS.output, FLAGS.workdir,
+                                  FLAGS.checkpoint, FLAGS.torch_checkpoint, stop, FLAGS.top_k)
+    for name, best in top:
+      print(f'{name}: ' + ', '.join(f'{c} {100 * p:.1f}%' for c, p in best), file=results)
     print(f'wrote {rows} predictions to {FLAGS.output}', file=results)
+  else:
+    from flax_seresnet import export
+    if not FLAGS.output:
+      raise ConfigError('--mode export needs --output FOLDER.')
+    card = export.export(config, FLAGS.output, FLAGS.workdir, FLAGS.checkpoint,
+                         FLAGS.torch_checkpoint)
+    print(f'exported {", ".join(card["files"])} and {export.CARD} to {FLAGS.output}',
+          file=results)
 
 
 def main(argv):

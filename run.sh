@@ -12,7 +12,7 @@ cd "$(dirname "$0")"
 what=${1:-}
 case "$what" in
   train) extras=""; shift ;;
-  test) extras="torch,test,tfds"; shift ;;
+  test) extras="torch,test,tfds,onnx"; shift ;;
   extras) extras=""; shift ;;
   *) echo "usage: bash run.sh train [main.py flags] | bash run.sh test [pytest flags]" >&2; exit 2 ;;
 esac

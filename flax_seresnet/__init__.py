@@ -6,4 +6,4 @@ The PyTorch reference (`flax_seresnet.reference`) and the weight bridge
 from flax_seresnet.model import SEResNet
 
 __all__ = ['SEResNet']
-__version__ = '0.1.0'
+__version__ = '0.2.0'  # as pyproject.toml (tests/test_packaging.py)

@@ -133,21 +133,40 @@ def probabilities(config, model, variables, images: np.ndarray, stop=interrupt.N
   return rows[:len(images)]
 
 
+def _inputs(input_path: str):
+  """(uint8 images, their names, whether they came from a pickle) of --input."""
+  if os.path.isdir(input_path) or os.path.splitext(input_path)[1].lower() in (
+      *input_pipeline.images.SUFFIXES, '.txt'):
+    images, paths = input_pipeline.load_images(input_path, report=logging.warning)
+    return images, [str(p) for p in paths], False
+  images, ids = input_pipeline.load_unlabeled(input_path)
+  return images, [i.decode('latin-1') if isinstance(i, bytes) else i for i in ids.tolist()], True
+
+
 def predict(config, input_path: str, output_csv: str, workdir=None, which: str = 'latest',
-            torch_checkpoint=None, stop=interrupt.NEVER) -> int:
-  """Writes `ID,Labels` predictions for an unlabeled pickle; returns the number of rows."""
+            torch_checkpoint=None, stop=interrupt.NEVER, top_k: int = 3, show: int = 5):
+  """Writes the predictions for an unlabeled pickle (`ID,Labels`) or image files
+  (`path,label,class_name,probability`) into `output_csv`. Returns (the number of rows, the
+  `top_k` classes and probabilities of the first `show` inputs)."""
   config_lib.validate(config)
   files.check_target(output_csv, '--output', protect=(input_path, torch_checkpoint),
                      workdir=workdir)
-  images, ids = input_pipeline.load_unlabeled(input_path)
+  images, names, from_pickle = _inputs(input_path)
   model, variables, _ = load_model(config, workdir, which, torch_checkpoint)
-  labels = probabilities(config, model, variables, images, stop).argmax(-1)
+  probs = probabilities(config, model, variables, images, stop)
+  labels, classes = probs.argmax(-1), input_pipeline.CLASS_NAMES
   text = io.StringIO()
   writer = csv.writer(text)
-  writer.writerow(['ID', 'Labels'])
-  ids = [i.decode('latin-1') if isinstance(i, bytes) else i for i in ids.tolist()]  # Python 2
-  writer.writerows(zip(ids, labels.tolist()))
+  if from_pickle:
+    writer.writerow(['ID', 'Labels'])
+    writer.writerows(zip(names, labels.tolist()))
+  else:
+    writer.writerow(['path', 'label', 'class_name', 'probability'])
+    writer.writerows((name, int(label), classes[label], f'{probs[i, label]:.6f}')
+                     for i, (name, label) in enumerate(zip(names, labels)))
   if jax.process_index() == 0:
     files.write_file(output_csv, text.getvalue(), '--output', protect=(input_path,),
                      workdir=workdir)
-  return len(ids)
+  top = [(name, [(classes[c], float(probs[i, c])) for c in np.argsort(-probs[i])[:top_k]])
+         for i, name in enumerate(names[:show])]
+  return len(names), top if top_k else []

@@ -9,6 +9,8 @@ This package imports nothing from flax_seresnet; its errors are `DataError`s.
 from input_pipeline.augment import (CIFAR10_MEAN, CIFAR10_STD, PAD_MODES, apply_crop_flip, augment,
                                     draw_crop_flip, example_keys, normalize, random_crop_flip)
 from input_pipeline.batching import BatchPlan, epoch_permutation
-from input_pipeline.cifar10 import Cifar10, class_names, load_cifar10, load_unlabeled
+from input_pipeline import images
+from input_pipeline.cifar10 import CLASS_NAMES, Cifar10, class_names, load_cifar10, load_unlabeled
 from input_pipeline.dataset import load_dataset
 from input_pipeline.errors import DataError
+from input_pipeline.images import load_images

@@ -16,6 +16,9 @@ TRAIN_FILES = tuple(f'data_batch_{i}' for i in range(1, 6))
 TEST_FILE = 'test_batch'
 META_FILE = 'batches.meta'
 _BATCH = 'CIFAR-10 batch'
+# batches.meta's label_names, by label: what a model's outputs mean.
+CLASS_NAMES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship',
+               'truck')
 _IMAGE = (32, 32, 3)
 
 

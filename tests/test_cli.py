@@ -59,7 +59,10 @@ def test_train_eval_and_predict_print_their_result_alone_on_stdout(learnable_cif
   fake_data.write_pickle(hidden, {'data': fake_data.make_batch(7, 1)['data'], 'ids': list(range(7))})
   result = run_cli(*common, '--mode=predict', f'--input={hidden}', f'--output={tmp_path / "p.csv"}')
   assert result.returncode == 0, result.stderr[-3000:]
-  assert result.stdout == f'wrote 7 predictions to {tmp_path / "p.csv"}\n'
+  lines = result.stdout.splitlines()  # the top 3 classes of the first 5, then the count
+  assert len(lines) == 6 and all(re.fullmatch(r'\d: (\w+ \d+\.\d%, ){2}\w+ \d+\.\d%', line)
+                                 for line in lines[:5]), lines
+  assert lines[-1] == f'wrote 7 predictions to {tmp_path / "p.csv"}'
   assert (tmp_path / 'p.csv').read_text().splitlines()[0] == 'ID,Labels'
   other = run_cli(*common, '--config.learning_rate=0.2')  # refused after the store opened
   assert_log_then_one_error(other, 2, 'holds a run with another config (learning_rate: saved')

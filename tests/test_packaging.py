@@ -19,8 +19,9 @@ PROJECT = tomllib.loads((REPO / 'pyproject.toml').read_text())['project']
 # imported only where a feature needs them, and named in an extra.
 DISTRIBUTIONS = {'jax': 'jax', 'flax': 'flax', 'optax': 'optax', 'orbax': 'orbax-checkpoint',
                  'ml_collections': 'ml_collections', 'absl': 'absl-py', 'numpy': 'numpy',
-                 'tqdm': 'tqdm', 'matplotlib': 'matplotlib', 'tensorboardX': 'tensorboardX'}
-OPTIONAL = {'torch': 'torch', 'tensorflow_datasets': 'tfds', 'PIL': 'tfds', 'onnx': 'onnx',
+                 'tqdm': 'tqdm', 'matplotlib': 'matplotlib', 'tensorboardX': 'tensorboardX',
+                 'PIL': 'pillow'}
+OPTIONAL = {'torch': 'torch', 'tensorflow_datasets': 'tfds', 'onnx': 'onnx',
             'onnxruntime': 'onnx'}
 
 
@@ -53,6 +54,11 @@ def test_every_import_of_the_library_is_declared_and_chex_is_for_tests_only():
   for requirement in PROJECT['dependencies']:
     assert any(s.operator in ('<', '<=', '==') for s in Requirement(requirement).specifier), \
         f'{requirement} has no upper bound'
+
+
+def test_the_library_version_is_the_package_version():
+  import flax_seresnet
+  assert flax_seresnet.__version__ == PROJECT['version']
 
 
 def lock():
