@@ -22,3 +22,14 @@ def test_ablate_runs_the_base_and_each_change(learnable_cifar10_dir, tmp_path, c
   runs = sorted(p.name for p in tmp_path.iterdir() if p.is_dir())
   assert runs == ['run0_seed0', 'run1_seed0']
   assert '| eval_flip_tta=True |' in capsys.readouterr().out
+
+
+def test_the_inference_table_at_a_tiny_scale(capsys):
+  pytest = __import__('pytest')
+  pytest.importorskip('onnxruntime')
+  pytest.importorskip('torch')
+  from benchmarks import inference
+  inference.main(['--small', '--batch', '8', '--repeats', '1'])
+  table = capsys.readouterr().out.splitlines()
+  assert table[-3].startswith('| jax.export artifact | ') and table[-1].startswith(
+      '| PyTorch eager (twin) | ') and table[-1].count('1.00x') == 2

@@ -42,6 +42,9 @@ def test_every_python_snippet_runs_as_written(tmp_path):
   torch.manual_seed(0)  # the file the snippet is "given": the original's checkpoint layout
   torch.save({'net': {f'module.{k}': v for k, v in TorchSEResNet().state_dict().items()},
               'acc': 95.0, 'epoch': 199}, tmp_path / 'ckpt.pth')
+  from flax_seresnet import export  # the folder the export snippet is "given"
+  from tests.train_helpers import tiny_config
+  export.export(tiny_config(), str(tmp_path / 'exported'), torch_checkpoint=str(tmp_path / 'ckpt.pth'))
   snippets = blocks('python')
   assert len(snippets) >= 2
   runner = ('import sys\nfor i, code in enumerate(sys.argv[1:]):\n'
@@ -49,7 +52,8 @@ def test_every_python_snippet_runs_as_written(tmp_path):
   result = subprocess.run([sys.executable, '-c', runner, *snippets], cwd=tmp_path, env=ENV,
                           capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
-  assert '(8, 10) 4697742' in result.stdout  # what the first snippet says it prints
+  assert '(8, 10) 4697742' in result.stdout  # what the snippets say they print
+  assert '(4, 10) (4, 10)' in result.stdout
 
 
 def test_every_command_is_valid():
