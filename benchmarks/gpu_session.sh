@@ -5,17 +5,19 @@
 #                                              # (real CIFAR-10 split to fit the 64 MiB a call
 #                                              # carries, and the shifted set) and .whl/
 #   bash benchmarks/gpu_session.sh a|b|c       # carry .gpu-data/a, b, c: two batch files each
-#   bash benchmarks/gpu_session.sh published1  # issue 13: configs/seresnet.py epochs 1-100
+#   bash benchmarks/gpu_session.sh published1  # issue 22: configs/seresnet.py epochs 1-100
 #   bash benchmarks/gpu_session.sh published2  # epochs 101-200, then shifted-set predictions,
 #                                              # plain and flip-TTA (carry .gpu-data/d)
 #   bash benchmarks/gpu_session.sh fast        # configs/fast.py seed 0 + its shifted predictions
-#   bash benchmarks/gpu_session.sh parity      # issue 14: compare.py 20 epochs x 3 seeds a side,
-#                                              # BatchNorm variance cost (one- vs two-pass)
-#   bash benchmarks/gpu_session.sh ablate      # issue 15: one change at a time vs configs/fast.py
+#   bash benchmarks/gpu_session.sh parity      # issue 23: compare.py 20 epochs x 3 seeds a side
+#   bash benchmarks/gpu_session.sh speed       # issue 23: today's train step beside PyTorch eager
+#                                              # fp32 b128 and torch.compile bf16 b512 (one call),
+#                                              # one- vs two-pass variance, epoch loop vs step
+#   bash benchmarks/gpu_session.sh ablate      # issue 24: one change at a time vs configs/fast.py
 # Logs and CSVs go to $OUT (./gpu_out by default): copy them to docs/results/.
 # SMALL=1 runs every part at a tiny scale (a CPU check of this script; DATA=folder of batches).
 set -uo pipefail
-part=${1:?part: prepare, a, b, c, published1, published2, fast, parity or ablate}
+part=${1:?part: prepare, a, b, c, published1, published2, fast, parity, speed or ablate}
 OUT=${OUT:-gpu_out}; ROOT=${ROOT:-/root}; DATA=${DATA:-$ROOT/cifar}
 mkdir -p "$OUT" "$DATA" "$ROOT/site" "$ROOT/runs"
 export PYTHONUNBUFFERED=1 PYTHONPATH=$ROOT/site:$PWD
@@ -81,9 +83,18 @@ parity)
   $PY benchmarks/compare.py --epochs $CMP_EPOCHS --seeds $SEEDS --data_dir "$DATA" \
     --workdir "$ROOT/runs/compare$CMP_EPOCHS" $SMALL_FLAG 2>&1 | tee "$OUT/compare$CMP_EPOCHS.log"
   cp "$ROOT/runs/compare$CMP_EPOCHS"/compare.{md,json,png} "$OUT/"
-  $PY benchmarks/throughput.py --parts=jax --jax_rows=float32:128,bfloat16:512 \
+  ;;
+speed)
+  gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1 |
+        sed 's/NVIDIA //; s/[^A-Za-z0-9]/_/g' | tr A-Z a-z)
+  table=$OUT/throughput_$(date +%F)_${gpu:-cpu}.md
+  $PY benchmarks/throughput.py --parts=jax,torch --jax_rows=float32:128,bfloat16:128,bfloat16:512 \
+    --torch_rows=eager_fp32:128,compile_bf16_channels_last:512 \
     --one_pass_bn_rows=float32:128,bfloat16:512 --augment_overhead_row= \
-    --epoch_loop_row=float32:128 $SMALL_FLAG 2>&1 | tee "$OUT/throughput_bn.log"
+    --epoch_loop_row=float32:128 --out "$OUT/throughput.json" $SMALL_FLAG 2>&1 |
+    tee "$OUT/throughput.log"
+  sed -n '/^Train-step throughput/,$p' "$OUT/throughput.log" > "$table"
+  cat "$table"
   ;;
 ablate)
   # Each change alone against configs/fast.py at its own epochs; about 50 s a run on an H200.

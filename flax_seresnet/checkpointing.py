@@ -87,6 +87,15 @@ def storage_problem(e: BaseException):
   return None
 
 
+class _Manager(ocp.CheckpointManager):
+  """orbax's manager without JAX's preemption sync point: this run's own stop agreement
+  (parallel.DataParallel) picks the step every process saves, and JAX's preemption service is
+  off (parallel.initialize_distributed), so orbax's query of it would raise."""
+
+  def reached_preemption(self, step: int) -> bool:
+    return False
+
+
 class Checkpoints:
   """Saves and restores host-array items of one workdir; a context manager that closes orbax."""
 
@@ -108,7 +117,7 @@ class Checkpoints:
         preservation_policy=policies.AnyPreservationPolicy([
             policies.LatestN(keep),
             policies.BestN(get_metric_fn=accuracy, n=1, keep_checkpoints_without_metrics=False)]))
-    self._manager = ocp.CheckpointManager(self.directory, options=options)
+    self._manager = _Manager(self.directory, options=options)
 
   def _check_writable(self):
     """Fails now, not after an epoch, when the checkpoint folder cannot be written."""

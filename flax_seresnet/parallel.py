@@ -77,6 +77,7 @@ class PeerWatch:
   `timeout` seconds is lost, as is process 0 when the store itself stops answering.
   """
   BEAT_S = 1.0
+  EXIT_GRACE_S = 0.5
   KEYS = 'flax_seresnet/peers/'
 
   def __init__(self, timeout: float):
@@ -99,6 +100,7 @@ class PeerWatch:
       for peer, (seen, since) in list(last.items()):
         state, beat = values.get(f'{self.KEYS}state/{peer}'), values.get(f'{self.KEYS}beat/{peer}')
         if state == 'failed':
+          time.sleep(self.EXIT_GRACE_S)  # it is on its way out: let it go first (see close)
           return self._lost(f'process {peer} of {self.count} stopped with an error (see its '
                             'output)')
         if state == 'done':
@@ -120,10 +122,19 @@ class PeerWatch:
     time.sleep(self.timeout + 5 * self.BEAT_S)  # a verdict comes within timeout + 2 beats
 
   def close(self, failed: bool = False):
-    """Stops watching; tells the others that this process is done, or failed."""
+    """Stops watching; tells the others that this process is done, or failed. Process 0 then
+    waits (at most `timeout`) until every other process has said so, and a moment more for them
+    to exit: it holds the coordinator, whose end makes JAX abort a process still running."""
     self._done.set()
     try:
       self.client.key_value_set(f'{self.KEYS}state/{self.me}', 'failed' if failed else 'done')
+      deadline = time.monotonic() + self.timeout
+      while self.me == 0 and time.monotonic() < deadline:
+        values = dict(self.client.key_value_dir_get(f'{self.KEYS}state/'))
+        if len(values) == self.count:
+          time.sleep(self.EXIT_GRACE_S)
+          return
+        time.sleep(0.05)
     except Exception:  # pylint: disable=broad-except
       pass
 

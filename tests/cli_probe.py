@@ -4,6 +4,9 @@
 
 prints `PROBE <moment>` on stderr when a checkpoint save (or an evaluation) starts, then sleeps
 for 2 s inside it, so that a signal sent on seeing the marker arrives in the middle of it.
+With PROBE_HOLD=N:PATH the N-th such moment waits until PATH exists instead (a test that acts
+inside it, however slow the machine). PROBE_SLOW_CLOSE=S makes process 1 of a distributed run
+S seconds late at its end (a peer still busy when process 0 is done).
 """
 import os
 import pathlib
@@ -17,11 +20,17 @@ sys.path.insert(0, str(REPO))
 
 
 def hold(module, name, moment):
-  original = getattr(module, name)
+  original, count = getattr(module, name), [0]
+  at, _, release = os.environ.get('PROBE_HOLD', '0:').partition(':')
 
   def held(*args, **kwargs):
+    count[0] += 1
     print(f'PROBE {moment}', file=sys.stderr, flush=True)
-    time.sleep(2)
+    if count[0] == int(at):
+      while not os.path.exists(release):
+        time.sleep(0.05)
+    else:
+      time.sleep(2)
     return original(*args, **kwargs)
   setattr(module, name, held)
 
@@ -38,6 +47,14 @@ def main():
     hold(checkpointing.Checkpoints, 'save', moment)
   elif moment == 'eval':
     hold(train.inference, 'run_batches', moment)
+  if os.environ.get('PROBE_SLOW_CLOSE'):
+    from flax_seresnet import parallel
+    close = parallel.PeerWatch.close
+
+    def slow_close(self, *args, **kwargs):
+      time.sleep(float(os.environ['PROBE_SLOW_CLOSE']) if self.me == 1 else 0)
+      return close(self, *args, **kwargs)
+    parallel.PeerWatch.close = slow_close
   sys.argv = [str(REPO / 'main.py'), *flags]
   runpy.run_path(str(REPO / 'main.py'), run_name='__main__')
 

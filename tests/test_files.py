@@ -56,9 +56,11 @@ def test_a_full_disk_in_a_save_is_one_line_keeps_what_was_saved_and_resumes_exac
             f'echo $? > {control}/rc_full; while [ ! -e {control}/go ]; do sleep 0.1; done; '
             f'{probe} none {args} > {control}/out2 2> {control}/err2; echo $? > {control}/rc2; '
             f'ls -A {disk}/run/checkpoints > {control}/listing')
-  run = Run([], command=['unshare', '-m', '--propagation', 'private', 'sh', '-c', script])
+  run = Run([], command=['unshare', '-m', '--propagation', 'private', 'sh', '-c', script],
+            env={'PROBE_HOLD': f'2:{control}/filled'})
   run.wait_for('PROBE save', times=2)  # epoch 1 is saved; epoch 2's save is held
   fill(f'/proc/{run.process.pid}/root{disk}/filler')  # the namespace's view of the tmpfs
+  (control / 'filled').write_text('')  # the save goes on, onto a full disk
   while not (control / 'rc1').exists():
     time.sleep(0.1)
   err = ''.join(run.lines)

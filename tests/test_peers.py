@@ -21,8 +21,9 @@ def free_port():
     return s.getsockname()[1]
 
 
-def start(data_dir, workdir, port, ids=(0, 1), **extra):
-  env = {'XLA_FLAGS': os.environ['XLA_FLAGS'].replace('device_count=8', 'device_count=1')}
+def start(data_dir, workdir, port, ids=(0, 1), env=None, **extra):
+  env = {'XLA_FLAGS': os.environ['XLA_FLAGS'].replace('device_count=8', 'device_count=1'),
+         **(env or {})}
   settings = {'num_devices': 0, 'distributed.coordinator_address': f'127.0.0.1:{port}',
               'distributed.num_processes': 2, 'distributed.timeout_s': TIMEOUT_S, **extra}
   runs = []
@@ -39,7 +40,8 @@ def last_line(err):
 
 
 def test_a_signal_to_one_process_stops_both_at_the_same_step(data_dir, tmp_path):  # noqa: F811
-  runs = start(data_dir, tmp_path, free_port())
+  # Process 1 ends 3 s after process 0, whose coordinator must outlive it (else JAX aborts it).
+  runs = start(data_dir, tmp_path, free_port(), env={'PROBE_SLOW_CLOSE': '3'})
   runs[1].wait_for('about ')
   runs[1].process.send_signal(signal.SIGTERM)  # only process 1 hears it
   results = [run.finish() for run in runs]
@@ -81,3 +83,18 @@ def test_a_process_that_never_joins_ends_the_wait_with_one_line(data_dir, tmp_pa
   assert line.startswith('error: the processes of this run did not all join 127.0.0.1:'), line
   assert f'within {TIMEOUT_S} s (config.distributed.timeout_s)' in line and needle in line
   assert err.endswith(line + '\n')
+
+
+def test_a_process_that_stops_with_an_error_ends_the_other_with_one_line(data_dir, tmp_path):  # noqa: F811
+  port = free_port()
+  runs = [*start(data_dir, tmp_path, port, ids=(0,)),
+          *start(tmp_path / 'no_such_data', tmp_path, port, ids=(1,))]
+  (code0, out0, err0), (code1, out1, err1) = [run.finish() for run in runs]
+  assert (code1, out1) == (2, ''), err1[-3000:]
+  line = last_line(err1)
+  assert line.startswith('error: ') and 'no_such_data' in line and err1.endswith(line + '\n')
+  assert (code0, out0) == (4, ''), err0[-3000:]
+  line = last_line(err0)
+  assert line.startswith('error: process 1 of 2 stopped with an error (see its output); this '
+                         'is process 0'), line
+  assert err0.endswith(line + '\n')

@@ -313,7 +313,8 @@ def test_predict_writes_one_row_per_id_as_evaluation_predicts(straight, learnabl
     pickle.dump({b'data': data.test_images.transpose(0, 3, 1, 2).reshape(128, -1),
                  b'ids': np.arange(1000, 1128)}, f, protocol=4)
   out = tmp_path / 'pred.csv'
-  assert inference.predict(config, str(hidden), str(out), str(workdir)) == 128
+  count, top = inference.predict(config, str(hidden), str(out), str(workdir))
+  assert count == 128 and [name for name, _ in top] == list(range(1000, 1005))
   rows = list(csv.reader(out.open()))
   assert rows[0] == ['ID', 'Labels'] and [int(r[0]) for r in rows[1:]] == list(range(1000, 1128))
   labels = np.array([int(r[1]) for r in rows[1:]])
