@@ -16,7 +16,7 @@
 #   bash benchmarks/gpu_session.sh ablate      # issue 24: one change at a time vs configs/fast.py
 # Logs and CSVs go to $OUT (./gpu_out by default): copy them to docs/results/.
 # SMALL=1 runs every part at a tiny scale (a CPU check of this script; DATA=folder of batches).
-set -uo pipefail
+set -euo pipefail  # a part that fails says so in its exit status
 part=${1:?part: prepare, a, b, c, published1, published2, fast, parity, speed or ablate}
 OUT=${OUT:-gpu_out}; ROOT=${ROOT:-/root}; DATA=${DATA:-$ROOT/cifar}
 mkdir -p "$OUT" "$DATA" "$ROOT/site" "$ROOT/runs"
@@ -57,7 +57,7 @@ prepare)
   du -sh .gpu-data/* .whl
   ;;
 a|b|c)
-  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
   ls "$DATA"
   ;;
 published1)
@@ -85,7 +85,7 @@ parity)
   cp "$ROOT/runs/compare$CMP_EPOCHS"/compare.{md,json,png} "$OUT/"
   ;;
 speed)
-  gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1 |
+  gpu=$( (nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null || true) | head -n 1 |
         sed 's/NVIDIA //; s/[^A-Za-z0-9]/_/g' | tr A-Z a-z)
   table=$OUT/throughput_$(date +%F)_${gpu:-cpu}.md
   $PY benchmarks/throughput.py --parts=jax,torch --jax_rows=float32:128,bfloat16:128,bfloat16:512 \
@@ -111,4 +111,4 @@ ablate)
   echo "unknown part $part" >&2; exit 2 ;;
 esac
 echo "part $part took $(( $(date +%s) - start )) s"
-echo "== summaries =="; grep -h '^summary:' "$OUT"/*.log 2>/dev/null
+echo "== summaries =="; grep -h '^summary:' "$OUT"/*.log 2>/dev/null || true

@@ -90,7 +90,7 @@ def jax_step_throughput(trainer, warmup: int, steps: int, repeats: int) -> dict:
   """Median images/s of the compiled train step, called back to back on one batch."""
   trainer.compile()
   batch = trainer.config.batch_size
-  indices = trainer.dp.shard(np.arange(batch, dtype=np.int32))
+  indices = trainer.dp.shard(trainer.plan.local(np.arange(batch, dtype=np.int32)))
   for _ in range(warmup):
     trainer.train_step(indices)
   jax.block_until_ready(trainer.state)
@@ -102,7 +102,7 @@ def jax_step_throughput(trainer, warmup: int, steps: int, repeats: int) -> dict:
     jax.block_until_ready(trainer.state)
     windows.append(time.perf_counter() - t0)
   return {'img_per_s': batch * steps / statistics.median(windows),
-          'compile_s': trainer.compile_s}
+          'compile_s': trainer.meta['compile_s']}
 
 
 def jax_epoch_throughput(trainer) -> float:

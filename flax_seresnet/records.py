@@ -84,9 +84,13 @@ class RunRecords:
 
 
 def summary_line(summary: dict) -> str:
-  """The one machine-readable line a run ends with."""
-  return (f"summary: config={summary['config']} "
-          f"final_test_accuracy={summary['final_test_accuracy']:.2f} "
+  """The one machine-readable line a run ends with; a run stopped before its last epoch (by
+  max_epochs_this_run) says so and gives its latest accuracy instead of a final one."""
+  accuracy = (f"final_test_accuracy={summary['final_test_accuracy']:.2f} "
+              if summary.get('finished', True) else
+              f"unfinished=epoch_{summary['epochs']}_of_{summary['num_epochs']} "
+              f"last_test_accuracy={summary['last_test_accuracy']:.2f} ")
+  return (f"summary: config={summary['config']} {accuracy}"
           f"best_test_accuracy={summary['best_test_accuracy']:.2f} epochs={summary['epochs']} "
           f"train_s={summary['train_s']:.0f} compile_s={summary['compile_s']:.0f} "
           f"img_per_s={summary['img_per_s']:.0f} device={summary['device'].replace(' ', '_')}")

@@ -355,7 +355,8 @@ class Trainer:
     meta, config = self.meta, self.config
     finished = meta['epoch'] == config.num_epochs
     last = (meta['history'] or [{}])[-1]
-    return {'config': config.name, 'epochs': meta['epoch'], 'finished': finished,
+    return {'config': config.name, 'epochs': meta['epoch'], 'num_epochs': config.num_epochs,
+            'finished': finished, 'last_test_accuracy': last.get('test_accuracy', math.nan),
             'final_test_accuracy': last.get('test_accuracy', math.nan) if finished else math.nan,
             'best_test_accuracy': meta['best_test_accuracy'], 'train_s': meta['train_s'],
             'compile_s': meta['compile_s'],

@@ -33,3 +33,12 @@ def test_the_inference_table_at_a_tiny_scale(capsys):
   table = capsys.readouterr().out.splitlines()
   assert table[-3].startswith('| jax.export artifact | ') and table[-1].startswith(
       '| PyTorch eager (twin) | ') and table[-1].count('1.00x') == 2
+
+
+def test_the_jax_throughput_rows_time_the_trainers_own_step_and_loop():
+  from benchmarks import throughput
+  with throughput.jax_trainer('float32', 16, small=True) as trainer:
+    step = throughput.jax_step_throughput(trainer, warmup=1, steps=2, repeats=1)
+    assert step['img_per_s'] > 0 and step['compile_s'] > 0
+    assert int(trainer.dp.to_host(trainer.state).step) == 3  # the warm-up and timed steps ran
+    assert throughput.jax_epoch_throughput(trainer) > 0

@@ -108,6 +108,9 @@ def test_resume_is_bitwise_exact_and_says_so(straight, learnable_cifar10_dir, tm
   first = train.train_and_evaluate(config_for(learnable_cifar10_dir, max_epochs_this_run=1),
                                    str(tmp_path))
   assert not first['finished'] and first['epochs'] == 1
+  line = train.records.summary_line(first)  # no final accuracy yet: says so
+  assert line.startswith('summary: config=tiny unfinished=epoch_1_of_3 last_test_accuracy='), line
+  assert 'nan' not in line and 'final_' not in line
   with captured_logs() as lines:
     last = train.train_and_evaluate(config_for(learnable_cifar10_dir), str(tmp_path))
   assert any(f'resumed {tmp_path} at epoch 1 of 3' in l and '2 epochs left' in l for l in lines)
