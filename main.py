@@ -1,4 +1,4 @@
-"""Command line: train, evaluate or predict with the SE-ResNet.
+"""Command line: train, evaluate, predict or export with the SE-ResNet.
 
   python main.py --config configs/seresnet.py --workdir runs/seresnet
   python main.py --config configs/seresnet.py --config.num_epochs=5 --config.data_dir=DIR ...
