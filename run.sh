@@ -36,7 +36,13 @@ stamp=".venv/.installed-$(cat pyproject.toml requirements-lock.txt | cksum | cut
 if [ ! -e "$stamp" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
   if [[ "$extras" == *torch* ]]; then  # pinned first: an open range may pull a multi-GB CUDA build
-    .venv/bin/python -m pip install -q "${TORCH:-torch==2.13.0}"
+    cpu_index=https://download.pytorch.org/whl/cpu
+    where=()  # without a GPU, PyTorch's CPU-only wheel (PyPI's is the CUDA build) when reachable
+    if [[ "$extras" != *cuda* ]] && command -v curl >/dev/null &&
+        curl -sf -m 5 -o /dev/null "$cpu_index/torch/"; then
+      where=(--index-url "$cpu_index" --extra-index-url https://pypi.org/simple)
+    fi
+    .venv/bin/python -m pip install -q "${where[@]}" "${TORCH:-torch==2.13.0}"
   fi
   .venv/bin/python -m pip install -q -c requirements-lock.txt -e ".${extras:+[$extras]}"
   touch "$stamp"

@@ -46,8 +46,8 @@ def main(argv=None):
   parser.add_argument('--set', action='append', default=[],
                       help='key=value applied to every run, the base included')
   args = parser.parse_args(argv)
-  from flax_seresnet import records, train
-  records.log_to_stderr()
+  from flax_seresnet import records, streams, train
+  streams.log_to_stderr()
   os.makedirs(args.out, exist_ok=True)
   lines = [f'| change (against {args.base}) | seeds | final test acc | mean | vs base | '
            'training s | img/s |', '|---|---|---|---|---|---|---|']

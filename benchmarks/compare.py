@@ -69,8 +69,8 @@ def main(argv=None):
 
   import input_pipeline
   from configs import seresnet
-  from flax_seresnet import records, train
-  records.log_to_stderr()
+  from flax_seresnet import records, streams, train
+  streams.log_to_stderr()
   config = seresnet.get_config()
   config.update_from_flattened_dict({
       'name': f'compare{args.epochs}', 'num_epochs': args.epochs, 'data_dir': args.data_dir,

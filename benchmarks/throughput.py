@@ -102,7 +102,7 @@ def jax_step_throughput(trainer, warmup: int, steps: int, repeats: int) -> dict:
     jax.block_until_ready(trainer.state)
     windows.append(time.perf_counter() - t0)
   return {'img_per_s': batch * steps / statistics.median(windows),
-          'compile_s': trainer.meta['compile_s']}
+          'compile_s': trainer.position.compile_s}
 
 
 def jax_epoch_throughput(trainer) -> float:

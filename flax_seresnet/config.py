@@ -6,6 +6,7 @@ before any data is read or anything compiles; `describe` lists the settings (mai
 --list_config); `resume_conflicts` says what a resume may not change.
 """
 import dataclasses
+import importlib
 import json
 import math
 import re
@@ -14,8 +15,6 @@ from typing import Any, Callable, Optional
 import ml_collections
 
 from flax_seresnet.errors import ConfigError
-from flax_seresnet.model import DTYPES, SE_POSITIONS
-from input_pipeline.augment import PAD_MODES
 
 NUM_CLASSES = 10  # every supported dataset is CIFAR-10
 MAX_STAGES = 6    # each stage after the first halves the 32x32 map: 6 stages reach 1x1
@@ -39,6 +38,12 @@ def _kind(kind, name):
 
 def _one_of(*options):
   return lambda v: None if v in options else f'is not one of {options}'
+
+
+def _one_of_named(module: str, name: str):
+  """The options its own module defines (imported when a value is checked: listing the settings
+  needs no jax)."""
+  return lambda v: _one_of(*getattr(importlib.import_module(module), name))(v)
 
 
 def _per_stage(odd=False):
@@ -75,7 +80,7 @@ SETTINGS = {
                             'conv kernel size per stage (odd: padding k//2 keeps the size)'),
     'model.shortcut_kernel_sizes': S((1, 1, 1), _per_stage(odd=True),
                                      'projection-shortcut kernel size per stage'),
-    'model.se_position': S('stem', _one_of(*SE_POSITIONS),
+    'model.se_position': S('stem', _one_of_named('flax_seresnet.model', 'SE_POSITIONS'),
                            "squeeze-and-excitation: 'stem' (published), 'blocks' or 'none'"),
     'model.se_reduction': S(16, _INT1, 'SE reduction (the published block: 64 -> 4 channels)'),
     'model.preact': S(False, _BOOL, 'pre-activation blocks instead of post-activation'),
@@ -84,7 +89,8 @@ SETTINGS = {
     'model.avg_pool_kernel_size': S(8, _INT1, "the paper's P: avg_pool2d(out, P) before the "
                                     "classifier (the original's code always pools globally)"),
     'model.num_classes': S(10, _number(True, NUM_CLASSES), 'classifier outputs'),
-    'model.dtype': S('float32', _one_of(*DTYPES), "compute dtype (parameters and BatchNorm "
+    'model.dtype': S('float32', _one_of_named('flax_seresnet.model', 'DTYPES'),
+                     "compute dtype (parameters and BatchNorm "
                      "statistics stay float32)"),
     # Data.
     'dataset': S('cifar10', _one_of('cifar10', 'tfds', 'synthetic'),
@@ -97,7 +103,7 @@ SETTINGS = {
     'train_subset': S(0, _INT0, 'train on the first N training images only (0: all)'),
     'test_subset': S(0, _INT0, 'evaluate on the first N test images only (0: all)', R),
     'augment': S(True, _BOOL, 'random crop and flip (False: normalisation only)'),
-    'pad_mode': S('zeros', _one_of(*PAD_MODES),
+    'pad_mode': S('zeros', _one_of_named('input_pipeline.augment', 'PAD_MODES'),
                   "random-crop padding: 'zeros' (the published code) or 'reflect' (its paper)"),
     'crop_padding': S(4, _number(True, 0, 32), 'padding (pixels) before the random 32x32 crop'),
     'flip': S(True, _BOOL, 'random horizontal flips'),

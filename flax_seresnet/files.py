@@ -116,3 +116,19 @@ class WorkdirLock:
 
   def release(self):
     self._file.close()  # closing releases the flock
+
+  def remove_if_unused(self):
+    """Removes the lock file (still held) of a workdir that holds no checkpoints."""
+    if not os.path.exists(os.path.join(os.path.dirname(self.path), 'checkpoints')):
+      try:
+        os.unlink(self.path)
+      except OSError:
+        pass
+
+
+def check_output_folder(path: str, what: str) -> None:
+  """Refuses, before any work, an output whose folder does not exist or is not a folder."""
+  folder = os.path.dirname(os.path.abspath(path))
+  if not os.path.isdir(folder):
+    raise UserError(f'{what} {path}: its folder {folder} does not exist (or is not a folder): '
+                    'create it, or give another path.')

@@ -156,7 +156,7 @@ def predict(config, input_path: str, output_csv: str, workdir=None, which: str =
   probs = probabilities(config, model, variables, images, stop)
   labels, classes = probs.argmax(-1), input_pipeline.CLASS_NAMES
   text = io.StringIO()
-  writer = csv.writer(text)
+  writer = csv.writer(text, lineterminator='\n')  # Unix line ends, as every other file here
   if from_pickle:
     writer.writerow(['ID', 'Labels'])
     writer.writerows(zip(names, labels.tolist()))

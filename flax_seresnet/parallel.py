@@ -69,6 +69,15 @@ def initialize_distributed(dist_config) -> None:
     watchdog.cancel()
 
 
+def agree_on(value: int) -> int:
+  """Process 0's `value`, in every process (each must call this at the same point of its run):
+  settings measured per process, such as how many steps run ahead, must be one for all."""
+  if jax.process_count() == 1:
+    return value
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+  return int(multihost_utils.broadcast_one_to_all(np.int32(value)))
+
+
 class PeerWatch:
   """Names a process that stops answering, then exits (4) instead of a wait and a C++ abort.
 

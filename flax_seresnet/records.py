@@ -1,17 +1,13 @@
 """A run's records in its workdir: metrics.jsonl (one line per epoch), TensorBoard events and
-curves.png; the summary line; the log. Only process 0 writes, and only once per epoch.
+curves.png; the summary line. Only process 0 writes, and only once per epoch.
 
 The checkpoint's history is the truth: a resume rewrites metrics.jsonl from it, so a file that
 was cut short, damaged, deleted or written after the last checkpoint is rebuilt.
 """
 import io
 import json
-import logging as std_logging
 import os
-import sys
 import time
-
-import tqdm
 
 from flax_seresnet import files
 from flax_seresnet.errors import UserError
@@ -19,10 +15,10 @@ from flax_seresnet.errors import UserError
 
 class RunRecords:
 
-  def __init__(self, workdir: str, history: list, enabled: bool = True):
-    """Continues `history` (a resumed run's, from its checkpoint; [] for a new run), a list that
-    `log_epoch` extends."""
-    self.workdir, self.history, self.enabled = workdir, history, enabled
+  def __init__(self, workdir: str, history: list, enabled: bool = True, name: str = ''):
+    """Continues `history` (a resumed run's, from its checkpoint; [] for a new run): the run's
+    list of epoch records, which its owner extends before each `log_epoch`."""
+    self.workdir, self.history, self.enabled, self.name = workdir, history, enabled, name
     self.metrics_path = os.path.join(workdir, 'metrics.jsonl')
     self._events = None
     if enabled:
@@ -30,7 +26,6 @@ class RunRecords:
                        'the metrics file')
 
   def log_epoch(self, record: dict) -> None:
-    self.history.append(record)
     if not self.enabled:
       return
     files.append_line(self.metrics_path, json.dumps(record), 'the metrics file')
@@ -53,27 +48,37 @@ class RunRecords:
                       'resume.') from None
 
   def plot(self) -> None:
-    """Loss and accuracy per epoch, train and test, into curves.png."""
+    """Loss and accuracy per epoch, train and test, into curves.png, titled with the run's
+    name and its latest test accuracy."""
     if not (self.enabled and self.history):
       return
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, metric, unit in zip(axes, ('loss', 'accuracy'), ('cross-entropy', 'accuracy (%)')):
       for split in ('train', 'test'):
         points = [(r['epoch'], r[f'{split}_{metric}']) for r in self.history
                   if f'{split}_{metric}' in r]
         if points:
-          ax.plot(*zip(*points), label=split)
+          ax.plot(*zip(*points), label=split, marker='o' if len(points) < 20 else None)
       ax.set(xlabel='epoch', ylabel=unit, title=metric)
+      ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole
       ax.grid(alpha=0.3)
       ax.legend()
+    fig.suptitle(self._title())
     fig.tight_layout()
     png = io.BytesIO()
     fig.savefig(png, format='png', dpi=100)
     plt.close(fig)
     files.write_file(os.path.join(self.workdir, 'curves.png'), png.getvalue(), 'the plot')
+
+  def _title(self) -> str:
+    tested = [r for r in self.history if 'test_accuracy' in r]
+    accuracy = (f': test accuracy {tested[-1]["test_accuracy"]:.2f}% at epoch '
+                f'{tested[-1]["epoch"]}' if tested else '')
+    return f'{self.name or "run"}, {self.history[-1]["epoch"]} epochs{accuracy}'
 
   def close(self):
     if self._events is not None:
@@ -94,31 +99,3 @@ def summary_line(summary: dict) -> str:
           f"best_test_accuracy={summary['best_test_accuracy']:.2f} epochs={summary['epochs']} "
           f"train_s={summary['train_s']:.0f} compile_s={summary['compile_s']:.0f} "
           f"img_per_s={summary['img_per_s']:.0f} device={summary['device'].replace(' ', '_')}")
-
-
-class _BarFriendlyHandler(std_logging.Handler):
-  """Writes through tqdm, which lifts a progress bar off the line and puts it back after."""
-
-  def emit(self, record):
-    try:
-      tqdm.tqdm.write(self.format(record), file=sys.stderr)
-    except Exception:  # pylint: disable=broad-except
-      self.handleError(record)
-
-
-def log_to_stderr() -> None:
-  """The command line's log: this project's lines on stderr (INFO and up), each with its time;
-  other libraries' (orbax's above all, which logs through absl too) only from ERROR up."""
-  handler = _BarFriendlyHandler()  # not absl's handler: it exists only under app.run
-  handler.setFormatter(std_logging.Formatter('%(asctime)s %(prefix)s%(message)s',
-                                             '%Y-%m-%d %H:%M:%S'))
-
-  def keep(record) -> bool:
-    record.prefix = 'warning: ' if record.levelno == std_logging.WARNING else ''
-    return record.levelno >= std_logging.ERROR or any(
-        part in record.pathname for part in ('flax_seresnet', 'input_pipeline', 'main.py'))
-  handler.addFilter(keep)
-  logger = std_logging.getLogger('absl')
-  logger.handlers, logger.propagate = [handler], False
-  logger.setLevel(std_logging.INFO)
-  std_logging.getLogger().setLevel(std_logging.WARNING)  # e.g. jax's INFO about absent TPUs

@@ -34,9 +34,9 @@ def _error(what: str, path: pathlib.Path, problem: str) -> DataError:
   return DataError(f'{what} {path}: {problem}; replace it with a well-formed file')
 
 
-def load_cifar10(folder: str | os.PathLike[str], train: bool = True) -> Cifar10:
-  """Loads data_batch_1..5 (unless not `train`: then empty) and test_batch from the existing
-  `folder`; DataError if unusable."""
+def check_folder(folder: str | os.PathLike[str], train: bool = True) -> pathlib.Path:
+  """`folder` if it holds data_batch_1..5 (if `train`) and test_batch, by their names (nothing
+  is read); DataError naming what is missing otherwise."""
   folder = pathlib.Path(folder)
   if not folder.is_dir():
     raise DataError(f'CIFAR-10 folder {folder} '
@@ -49,6 +49,13 @@ def load_cifar10(folder: str | os.PathLike[str], train: bool = True) -> Cifar10:
         f'point data_dir at {inner}, the folder inside it' if inner.is_dir() else
         'point data_dir at the folder holding data_batch_1..5 and test_batch (the python '
         'version)'))
+  return folder
+
+
+def load_cifar10(folder: str | os.PathLike[str], train: bool = True) -> Cifar10:
+  """Loads data_batch_1..5 (unless not `train`: then empty) and test_batch from the existing
+  `folder`; DataError if unusable."""
+  folder = check_folder(folder, train)
   train_images, train_labels = _read_batches([folder / name for name in TRAIN_FILES[:5 * train]])
   return Cifar10(train_images, train_labels, *_read_batches([folder / TEST_FILE]))
 

@@ -7,7 +7,7 @@ from absl import logging
 import numpy as np
 
 from input_pipeline.errors import DataError
-from input_pipeline.cifar10 import Cifar10, load_cifar10
+from input_pipeline.cifar10 import Cifar10, check_folder, load_cifar10
 from input_pipeline.download import ARCHIVE_FOLDER, OFFICIAL_URL, download_cifar10
 from input_pipeline.tfds_source import load_cifar10_tfds
 
@@ -21,11 +21,8 @@ def synthetic_cifar10(num_train: int = 50000, num_test: int = 10000, seed: int =
       rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, n, np.int32))))
 
 
-def cifar10_dir(config: Any) -> pathlib.Path:
-  """The python batches' folder: config.data_dir, else $CIFAR10_DATA_DIR, else the user cache.
-
-  Downloads into a missing cache folder, and into a missing given one if config.download.
-  """
+def _where(config: Any):
+  """(the python batches' folder, the setting that named it: None for the user cache)."""
   if config.data_dir:
     folder, setting = config.data_dir, 'config.data_dir'
   elif os.environ.get(ENV_VAR):
@@ -33,7 +30,26 @@ def cifar10_dir(config: Any) -> pathlib.Path:
   else:
     cache = os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
     folder, setting = os.path.join(cache, 'flax-seresnet', ARCHIVE_FOLDER), None
-  folder = pathlib.Path(folder).expanduser()
+  return pathlib.Path(folder).expanduser(), setting
+
+
+def check_cifar10_folder(config: Any, train: bool = True) -> str:
+  """What `cifar10_dir` would use, checked by file names only, without reading or downloading
+  anything (main.py --dry_run)."""
+  folder, setting = _where(config)
+  if setting is None and not os.path.lexists(folder):
+    return f'{folder} (to be downloaded there)'
+  if setting and not os.path.lexists(folder) and config.download:
+    return f'{folder} (to be downloaded there: config.download=True)'
+  return str(check_folder(folder, train))
+
+
+def cifar10_dir(config: Any) -> pathlib.Path:
+  """The python batches' folder: config.data_dir, else $CIFAR10_DATA_DIR, else the user cache.
+
+  Downloads into a missing cache folder, and into a missing given one if config.download.
+  """
+  folder, setting = _where(config)
   try:
     if folder.is_dir():
       return folder

@@ -1,11 +1,11 @@
-"""main.py with a marker at the moment a signal test aims at, held there for a while:
+"""main.py with a marker at the moment a test aims at, held there until the test says so:
 
-  python tests/cli_probe.py MOMENT [main.py flags]     MOMENT: save, eval or none
+  PROBE_HOLD=N:PATH python tests/cli_probe.py MOMENT [main.py flags]
 
-prints `PROBE <moment>` on stderr when a checkpoint save (or an evaluation) starts, then sleeps
-for 2 s inside it, so that a signal sent on seeing the marker arrives in the middle of it.
-With PROBE_HOLD=N:PATH the N-th such moment waits until PATH exists instead (a test that acts
-inside it, however slow the machine). PROBE_SLOW_CLOSE=S makes process 1 of a distributed run
+MOMENT: compile (the run's compilation), step (a train step, before it is dispatched), save (a
+checkpoint save), eval (an evaluation) or none. Each call prints `PROBE <moment> <count>` on
+stderr up to the N-th, which waits until PATH exists: a test acts at an exact point of the run,
+however slow or loaded the machine. PROBE_STEP_S=S makes each train step S seconds longer. PROBE_SLOW_CLOSE=S makes process 1 of a distributed run
 S seconds late at its end (a peer still busy when process 0 is done).
 """
 import os
@@ -25,14 +25,29 @@ def hold(module, name, moment):
 
   def held(*args, **kwargs):
     count[0] += 1
-    print(f'PROBE {moment}', file=sys.stderr, flush=True)
+    if count[0] <= int(at):
+      print(f'PROBE {moment} {count[0]}', file=sys.stderr, flush=True)
     if count[0] == int(at):
       while not os.path.exists(release):
-        time.sleep(0.05)
-    else:
-      time.sleep(2)
+        time.sleep(0.01)
     return original(*args, **kwargs)
   setattr(module, name, held)
+
+
+def slow_steps(seconds: float):
+  """Each train step takes `seconds` more on the device, as a big network's step on a CPU does:
+  a host callback inside the compiled step sleeps (the host thread stays free)."""
+  import jax
+  import numpy as np
+  from flax_seresnet import steps
+  step = steps.train_step
+
+  def slow_step(*args, **kwargs):
+    state, metrics = step(*args, **kwargs)
+    pause = jax.pure_callback(lambda _: (time.sleep(seconds), np.float32(0))[1],
+                              jax.ShapeDtypeStruct((), np.float32), metrics['loss_sum'])
+    return state, dict(metrics, loss_sum=metrics['loss_sum'] + pause)
+  steps.train_step = slow_step
 
 
 def main():
@@ -43,10 +58,12 @@ def main():
   if os.environ.get('PROBE_IGNORE'):  # as nohup starts a command: that signal ignored
     signal.signal(getattr(signal, os.environ['PROBE_IGNORE']), signal.SIG_IGN)
   from flax_seresnet import checkpointing, inference, train  # noqa: F401
-  if moment == 'save':
-    hold(checkpointing.Checkpoints, 'save', moment)
-  elif moment == 'eval':
-    hold(train.inference, 'run_batches', moment)
+  places = {'compile': (train.Trainer, 'compile'), 'step': (train.Trainer, 'train_step'),
+            'save': (checkpointing.Checkpoints, 'save'), 'eval': (train.inference, 'run_batches')}
+  if moment in places:
+    hold(*places[moment], moment)
+  if os.environ.get('PROBE_STEP_S'):
+    slow_steps(float(os.environ['PROBE_STEP_S']))
   if os.environ.get('PROBE_SLOW_CLOSE'):
     from flax_seresnet import parallel
     close = parallel.PeerWatch.close

@@ -1,12 +1,14 @@
-"""Signals from outside, at several moments of a real run (compiling, mid-epoch, inside a save,
-in evaluation): the run stops within seconds, saves where it stands, says so in one line, exits
-75 and releases its workdir; resuming repeats the uninterrupted run bit for bit. A second signal
-exits at once."""
+"""Signals from outside, at exact moments of a real run (compiling, a step in either epoch,
+inside a save, in evaluation): the signal is acknowledged at once, the run stops after the step
+in flight, saves where it stands, says so in one line, exits 75 and releases its workdir;
+resuming repeats the uninterrupted run bit for bit. A second signal exits at once."""
 import json
 import os
+import pathlib
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -59,15 +61,19 @@ def records(workdir):
 
 
 class Run:
-  """main.py (through tests/cli_probe.py) in a subprocess whose stderr is read as it comes."""
+  """main.py (through tests/cli_probe.py) in a subprocess whose stderr is read as it comes;
+  `hold=N` holds the N-th call of `moment` until `release()`."""
 
-  def __init__(self, args, moment='none', env=None, command=None):
+  def __init__(self, args, moment='none', env=None, command=None, hold=0, control=None):
     self.lines, self.seen = [], threading.Condition()
+    self.release_path = f'{control or tempfile.mkdtemp()}/release'
+    env = {**({'PROBE_HOLD': f'{hold}:{self.release_path}'} if hold else {}), **(env or {})}
     self.process = subprocess.Popen(
         command or [sys.executable, str(REPO / 'tests' / 'cli_probe.py'), moment, *args], cwd=REPO,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, 'PYTHONPATH': str(REPO), 'JAX_PLATFORMS': 'cpu', **(env or {})})
-    threading.Thread(target=self._read, daemon=True).start()
+        env={**os.environ, 'PYTHONPATH': str(REPO), 'JAX_PLATFORMS': 'cpu', **env})
+    self.reader = threading.Thread(target=self._read, daemon=True)
+    self.reader.start()
 
   def _read(self):
     for line in self.process.stderr:
@@ -75,16 +81,21 @@ class Run:
         self.lines.append(line)
         self.seen.notify_all()
 
-  def wait_for(self, text, timeout=120, times=1):
+  def wait_for(self, text, timeout=300, times=1):
+    """Until `times` lines of stderr hold `text` (a whole line when it ends with a newline)."""
     deadline = time.monotonic() + timeout
+    match = (lambda line: line == text) if text.endswith('\n') else (lambda line: text in line)
     with self.seen:
-      while sum(text in line for line in self.lines) < times:
+      while sum(map(match, self.lines)) < times:
         assert self.process.poll() is None, ''.join(self.lines)[-3000:]
         assert self.seen.wait(deadline - time.monotonic()), (text, ''.join(self.lines))
 
-  def finish(self, timeout=120):
+  def release(self):
+    pathlib.Path(self.release_path).write_text('')
+
+  def finish(self, timeout=300):
     self.process.wait(timeout)
-    time.sleep(0.2)  # the reader thread drains the pipe
+    self.reader.join(timeout)  # stderr read to its end
     return self.process.returncode, self.process.stdout.read(), ''.join(self.lines)
 
 
@@ -97,25 +108,28 @@ def assert_one_interrupted_line(code, out, err, name, where):
   assert err.endswith(last + '\n')  # nothing follows it
 
 
-@pytest.mark.parametrize('name,marker,moment,where', [
-    ('SIGINT', 'compiling the train step', 'none', 'epoch 0 of 2; nothing was trained yet'),
-    ('SIGTERM', 'about ', 'none', 'epoch 1 step '),
-    ('SIGHUP', 'PROBE save', 'save', 'epoch 1 of 2; saved epoch 1'),
-    ('SIGINT', 'PROBE eval', 'eval', 'epoch 1 of 2; saved epoch 1'),
+def acknowledged(name):
+  return f'{name} received: stopping '
+
+
+# Each case holds the run at an exact point, signals it there, waits for the acknowledgement,
+# then lets it go on: the stop position is exact however slow or loaded the machine.
+@pytest.mark.parametrize('name,moment,hold,where', [
+    ('SIGINT', 'compile', 1, 'epoch 0 of 2; nothing was trained yet'),
+    ('SIGTERM', 'step', 3, 'epoch 1 step 3 of 80 of 2; saved epoch 1 step 3 of 80'),
+    ('SIGTERM', 'step', 80 + 37, 'epoch 2 step 37 of 80 of 2; saved epoch 2 step 37 of 80'),
+    ('SIGHUP', 'save', 1, 'epoch 1 of 2; saved epoch 1'),
+    ('SIGINT', 'eval', 1, 'epoch 1 of 2; saved epoch 1'),
 ])
 def test_a_signal_stops_saves_and_the_resumed_run_is_bitwise_the_same(
-    data_dir, uninterrupted, tmp_path, name, marker, moment, where):
+    data_dir, uninterrupted, tmp_path, name, moment, hold, where):
   workdir = tmp_path / 'run'
-  # While compiling: a cold compilation cache of its own, so that it really compiles.
-  env = {'JAX_COMPILATION_CACHE_DIR': str(tmp_path / 'cache')} if name == 'SIGINT' and (
-      moment == 'none') else {}
-  run = Run(flags(data_dir, workdir), moment, env)
-  run.wait_for(marker)
-  time.sleep(0.5 if moment == 'none' else 0)
-  sent = time.monotonic()
+  run = Run(flags(data_dir, workdir), moment, hold=hold, control=tmp_path)
+  run.wait_for(f'PROBE {moment} {hold}\n')
   run.process.send_signal(getattr(signal, name))
+  run.wait_for(acknowledged(name))  # at once, from the watcher thread, while the run is held
+  run.release()
   code, out, err = run.finish()
-  assert time.monotonic() - sent < 30  # the held save or evaluation takes 2 s of it
   assert_one_interrupted_line(code, out, err, name, where)
   summary = train.train_and_evaluate(config_for(data_dir), str(workdir))  # the lock was freed
   assert summary['finished']
@@ -126,30 +140,37 @@ def test_a_signal_stops_saves_and_the_resumed_run_is_bitwise_the_same(
 def test_a_second_signal_exits_at_once_and_the_newest_checkpoint_is_intact(
     data_dir, uninterrupted, tmp_path):
   workdir = tmp_path / 'run'
-  run = Run(flags(data_dir, workdir), 'save')
-  run.wait_for('PROBE save')  # held inside the save of epoch 1: the first signal must wait
+  run = Run(flags(data_dir, workdir), 'save', hold=1, control=tmp_path)
+  run.wait_for('PROBE save 1\n')  # held inside the save of epoch 1: the first signal must wait
   run.process.send_signal(signal.SIGTERM)
-  time.sleep(0.3)
-  sent = time.monotonic()
-  run.process.send_signal(signal.SIGINT)
+  run.wait_for(acknowledged('SIGTERM'))
+  run.process.send_signal(signal.SIGINT)  # still held: only the second signal can end it
   code, out, err = run.finish()
-  assert time.monotonic() - sent < 1.5 and code == 128 + signal.SIGINT, err[-3000:]
+  assert code == 128 + signal.SIGINT, err[-3000:]
   assert err.splitlines()[-1] == ('stopped at once by a second signal (SIGINT); the newest '
                                   'checkpoint is intact') and out == ''
   train.train_and_evaluate(config_for(data_dir), str(workdir))
   chex.assert_trees_all_equal(final_state(workdir), final_state(uninterrupted))
 
 
-def test_library_callers_get_the_same_clean_stop(data_dir, uninterrupted, tmp_path):
-  """train_and_evaluate installs the handlers itself: a signal raises errors.Interrupted."""
+def test_library_callers_get_the_same_clean_stop(data_dir, tmp_path, monkeypatch):
+  """train_and_evaluate installs the handlers itself: a signal raises errors.Interrupted, after
+  the step in flight, and the handlers are restored afterwards."""
   from flax_seresnet.errors import Interrupted
-  before = signal.getsignal(signal.SIGTERM)
-  timer = threading.Timer(1.0, os.kill, [os.getpid(), signal.SIGTERM])
-  config = config_for(data_dir, batch_size=2)  # 160 steps an epoch
-  timer.start()
-  with pytest.raises(Interrupted, match='SIGTERM received: stopped at epoch'):
-    train.train_and_evaluate(config, str(tmp_path))
-  assert signal.getsignal(signal.SIGTERM) is before  # the handlers are restored afterwards
+  before, step, calls = signal.getsignal(signal.SIGTERM), train.Trainer.train_step, [0]
+
+  def signalling_step(self, *args, **kwargs):
+    calls[0] += 1
+    if calls[0] == 5:
+      os.kill(os.getpid(), signal.SIGTERM)
+      while self.stop.requested is None:  # the watcher thread takes it: wait for that, not a time
+        time.sleep(0.01)
+    return step(self, *args, **kwargs)
+
+  monkeypatch.setattr(train.Trainer, 'train_step', signalling_step)
+  with pytest.raises(Interrupted, match='SIGTERM received: stopped at epoch 1 step 5 of 80 '):
+    train.train_and_evaluate(config_for(data_dir), str(tmp_path))
+  assert signal.getsignal(signal.SIGTERM) is before
 
 
 def test_an_ignored_signal_stays_ignored(data_dir, tmp_path):

@@ -368,5 +368,9 @@ def test_an_early_estimate_of_the_run_and_the_gpu_note_only_for_long_runs(
                              str(tmp_path))
   estimate = [line for line in lines if line.startswith('about ')]
   assert len(estimate) == 1 and ' s a step: ' in estimate[0], lines
+  early = [i for i, line in enumerate(lines) if line.startswith('no accelerator found: ')]
+  compiled = [i for i, line in enumerate(lines) if line.startswith('compiled in ')]
+  assert len(early) == 1 and early[0] < compiled[0], lines  # said before compiling
+  assert lines[early[0]].endswith(f'on a CPU, in minutes: {train.CPU_CHECK}'), lines
   assert estimate[0].endswith('of training for this run; no accelerator found: this recipe is '
-                              'meant for a GPU.')
+                              f'meant for a GPU (a CPU check: {train.CPU_CHECK})')

@@ -53,7 +53,7 @@ def main(argv):
 
     def save_then_die(self, *args):
       save(self, *args)
-      if self.meta['epoch'] == kill_after:
+      if self.position.epoch == kill_after:
         os.kill(os.getpid(), signal.SIGKILL)
     train.Trainer._save = save_then_die
   modes = str(overrides.pop('parallel', 'jit')).split(',')
