@@ -5,8 +5,8 @@ Each image becomes RGB (grayscale expanded, an alpha channel dropped, palettes r
 32x32: a 32x32 image is used as it is; any other is cut to its central square and resized with
 Lanczos filtering (ImageOps.fit), which keeps the aspect of the object and, unlike nearest or
 bilinear sampling, averages a large photo down instead of aliasing it. A file that cannot be
-used (truncated, not an image, a decompression bomb by Pillow's pixel limit, unreadable) is
-reported and skipped; when none is usable, DataError.
+used (truncated, not an image, a decompression bomb by Pillow's pixel limit, over LIMITS['image'],
+unreadable) is reported and skipped; when none is usable, DataError.
 """
 import io
 import os
@@ -28,7 +28,7 @@ def image_paths(path: str | os.PathLike[str]) -> list[pathlib.Path]:
   if path.is_dir():
     return sorted(p for p in path.rglob('*') if p.suffix.lower() in SUFFIXES and not p.is_dir())
   if path.suffix.lower() == '.txt':
-    lines = read_file(path, 'list of images').decode('utf-8', 'replace').splitlines()
+    lines = read_file(path, 'list of images', 'list').decode('utf-8', 'replace').splitlines()
     return [path.parent / line.strip() for line in lines if line.strip()]
   return [path]
 
@@ -36,7 +36,7 @@ def image_paths(path: str | os.PathLike[str]) -> list[pathlib.Path]:
 def read_image(path: pathlib.Path) -> np.ndarray:
   """One image file as uint8 (32, 32, 3); DataError naming the file and the problem."""
   from PIL import Image, ImageOps  # pylint: disable=import-outside-toplevel
-  data = read_file(path, 'image')
+  data = read_file(path, 'image', 'image')
   try:
     with warnings.catch_warnings():
       warnings.simplefilter('error', Image.DecompressionBombWarning)  # refused, not warned

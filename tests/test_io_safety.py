@@ -1,0 +1,143 @@
+"""What predict and export read and write, as the user's shell hands them over: an --input is
+images or a pickle by its content (a .gif too); no output ever lands on a file the input names,
+however it is spelled; every untrusted read is bounded by its kind (FIFOs, /dev/zero, sparse
+giants refused at once, in one line); an --output that is a link writes its real target and
+stays a link, and /dev/stdout (here a link of the test's own to /proc/self/fd/1) is the stdout
+the shell gave."""
+import json
+import os
+import pathlib
+import pty
+import stat
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from flax_seresnet import export, inference, train
+from flax_seresnet.errors import UserError
+from input_pipeline import DataError, files as input_files
+from tests import fake_data
+from tests.test_cli import LOG_LINE, TINY, assert_log_then_one_error, run_cli
+from tests.train_helpers import REPO, tiny_config
+
+
+@pytest.fixture(scope='module')
+def trained(learnable_cifar10_dir, tmp_path_factory):
+  workdir = tmp_path_factory.mktemp('io_safety')
+  train.train_and_evaluate(tiny_config(learnable_cifar10_dir, num_epochs=1), str(workdir))
+  return workdir
+
+
+def predict_args(workdir, input_path, output):
+  return [*TINY, f'--workdir={workdir}', '--mode=predict', f'--input={input_path}',
+          f'--output={output}', '--top_k=1']
+
+
+def gray(path, value=128, bits=8):
+  pixels = np.full((32, 32), value, np.uint8)
+  Image.fromarray(pixels.astype(np.uint16) * 257 if bits == 16 else pixels).save(path)
+  return path
+
+
+# --- class 4: every untrusted read bounded by its kind -------------------------------------
+
+@pytest.mark.parametrize('kind', input_files.LIMITS)
+def test_the_reader_refuses_a_file_over_its_kind_s_bound_before_reading(tmp_path, kind,
+                                                                        monkeypatch):
+  limit = input_files.LIMITS[kind]
+  path = tmp_path / 'big'
+  with open(path, 'wb') as f:
+    f.truncate(limit + 1)  # sparse: no disk used, and never read
+  with pytest.raises(DataError) as raised:
+    input_files.read_file(path, 'the file', kind)
+  assert str(raised.value).startswith(
+      f'the file {path} is {input_files.size_text(limit + 1)} ({limit + 1} bytes), over the '
+      f'{input_files.size_text(limit)} read for a file of its kind: ')
+  monkeypatch.setitem(input_files.LIMITS, kind, 10)  # the bound itself is read
+  path.write_bytes(b'x' * 10)
+  assert input_files.read_file(path, 'the file', kind) == b'x' * 10
+  path.write_bytes(b'x' * 11)
+  with pytest.raises(DataError, match=r'is 11 bytes \(11 bytes\), over the 10 bytes read'):
+    input_files.read_file(path, 'the file', kind)
+
+
+# Each reader of an untrusted path, in a process of its own with 3 GiB of address space and
+# 20 s per case (an unbounded read fails there instead of taking the machine down), its result
+# one JSON line a case.
+READERS = r'''
+import json, os, resource, signal, sys, time
+resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
+from flax_seresnet import export, torch_bridge
+from input_pipeline import images, load_unlabeled
+from tests.memory import peak_mb
+def alarm(*_):
+  raise TimeoutError('no answer in 20 s')
+signal.signal(signal.SIGALRM, alarm)
+READ = {'image': images.read_image, 'list': images.image_paths, 'pickle': load_unlabeled,
+        'torch': torch_bridge.read_state_dict,
+        'card': lambda p: export.load(os.path.dirname(p)),
+        'artifact': lambda p: export.load(os.path.dirname(p))}
+for reader, path in json.loads(sys.argv[1]):
+  started = time.monotonic()
+  signal.alarm(20)
+  try:
+    READ[reader](path)
+    error = None
+  except BaseException as e:
+    error = f'{type(e).__name__}: {e}'
+  signal.alarm(0)
+  print(json.dumps([reader, path, error, time.monotonic() - started]), flush=True)
+print(json.dumps(['peak MB', peak_mb()]))
+'''
+NAMES = {'image': 'x.png', 'list': 'x.txt', 'pickle': 'x.pkl',
+         'torch': 'x.pth', 'card': export.CARD, 'artifact': export.ARTIFACT}
+
+
+def special(path, what):
+  if what == 'fifo':
+    os.mkfifo(path)
+  elif what == 'device':  # /dev/zero's numbers, in a folder of the test's own
+    os.mknod(path, stat.S_IFCHR | 0o666, os.makedev(1, 5))
+  else:
+    with open(path, 'wb') as f:
+      f.truncate(8 << 30)  # 8 GiB, sparse
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason='mknod needs root')
+def test_every_reader_refuses_fifos_devices_and_giants_at_once(tmp_path):
+  cases = []
+  for reader, name in NAMES.items():
+    for what in ('fifo', 'device', 'sparse'):
+      folder = tmp_path / f'{reader}_{what}'
+      folder.mkdir()
+      if reader == 'artifact':  # a card that names it
+        (folder / export.CARD).write_text('{"files": {"model.jax": "0"}}')
+      special(folder / name, what)
+      cases.append((reader, str(folder / name)))
+  result = subprocess.run([sys.executable, '-c', READERS, json.dumps(cases)], cwd=REPO,
+                          capture_output=True, text=True, timeout=600,
+                          env={**os.environ, 'PYTHONPATH': str(REPO), 'JAX_PLATFORMS': 'cpu'})
+  assert result.returncode == 0, result.stderr[-3000:]
+  *answers, (_, peak) = map(json.loads, result.stdout.splitlines())
+  assert len(answers) == len(cases) and peak < 1500, (len(answers), peak)
+  for reader, path, error, seconds in answers:
+    kind = 'is not a regular file' if 'sparse' not in path else (
+        '8.0 GiB (8589934592 bytes), over the ' if reader != 'input' else 'is neither an image')
+    assert error and error.split(':')[0] in ('DataError', 'CheckpointError'), (path, error)
+    assert f'{path} {kind}' in error or f'{path} is {kind}' in error, (path, error)
+    assert '\n' not in error and seconds < 5, (path, error, seconds)
+
+
+def test_a_giant_image_in_a_folder_is_skipped_in_one_line(trained, tmp_path):
+  gray(tmp_path / 'a.png')
+  special(tmp_path / 'b.png', 'sparse')
+  result = run_cli(*predict_args(trained, tmp_path, tmp_path / 'p.csv'))
+  assert result.returncode == 0, result.stderr[-3000:]
+  skipped = [line for line in result.stderr.splitlines() if 'skipped: ' in line]
+  assert len(skipped) == 1 and skipped[0].endswith(
+      f'skipped: image {tmp_path / "b.png"} is 8.0 GiB (8589934592 bytes), over the 64.0 MiB '
+      'read for a file of its kind: check that it is the right file, or give a smaller one')
+  assert result.stdout.splitlines()[-1] == f'wrote 1 predictions to {tmp_path / "p.csv"}'
