@@ -33,7 +33,7 @@ flags.DEFINE_enum('checkpoint', 'latest', ['latest', 'best'],
 flags.DEFINE_string('torch_checkpoint', None,
                     'eval/predict: an original PyTorch checkpoint (.pth) instead of --workdir.')
 flags.DEFINE_string('input', None, 'predict: the unlabeled pickle {data, ids}, an image file '
-                    '(PNG, JPEG, BMP, WebP), a folder of them or a .txt list of them.')
+                    '(PNG, JPEG, BMP, WebP, GIF, TIFF), a folder or a .txt list of them.')
 flags.DEFINE_string('output', None, 'predict: the CSV to write; export: the folder to write.')
 flags.DEFINE_integer('top_k', 3, 'predict: show the top K classes of the first few inputs.',
                      lower_bound=0)

@@ -134,9 +134,9 @@ def probabilities(config, model, variables, images: np.ndarray, stop=interrupt.N
 
 
 def _inputs(input_path: str):
-  """(uint8 images, their names, whether they came from a pickle) of --input."""
-  if os.path.isdir(input_path) or os.path.splitext(input_path)[1].lower() in (
-      *input_pipeline.images.SUFFIXES, '.txt'):
+  """(uint8 images, their names, whether they came from a pickle) of --input: images or a
+  pickle by its content and name (input_pipeline.images.input_kind), never by a guess."""
+  if input_pipeline.images.input_kind(input_path) == 'images':
     images, paths = input_pipeline.load_images(input_path, report=logging.warning)
     return images, [str(p) for p in paths], False
   images, ids = input_pipeline.load_unlabeled(input_path)

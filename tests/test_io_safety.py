@@ -42,6 +42,32 @@ def gray(path, value=128, bits=8):
   return path
 
 
+# --- class 2: what an input is -------------------------------------------------------------
+
+def test_a_gif_input_and_a_16_bit_png_through_the_command_line(trained, tmp_path):
+  Image.fromarray(np.full((32, 32, 3), (200, 30, 40), np.uint8)).save(tmp_path / 'x.gif')
+  result = run_cli(*predict_args(trained, tmp_path / 'x.gif', tmp_path / 'p.csv'))
+  assert result.returncode == 0 and 'Traceback' not in result.stderr, result.stderr[-3000:]
+  assert all(LOG_LINE.match(line) for line in result.stderr.splitlines()), result.stderr
+  lines = result.stdout.splitlines()
+  assert len(lines) == 2 and lines[0].startswith(f'{tmp_path / "x.gif"}: ') and (
+      lines[1] == f'wrote 1 predictions to {tmp_path / "p.csv"}'), result.stdout
+  # The 16-bit mid-gray and its 8-bit twin: the same pixels, the same prediction.
+  folder = tmp_path / 'twins'
+  folder.mkdir()
+  gray(folder / 'a8.png'), gray(folder / 'b16.png', bits=16)
+  inference.predict(tiny_config(), str(folder), str(tmp_path / 'twins.csv'), str(trained))
+  rows = (tmp_path / 'twins.csv').read_text().splitlines()[1:]
+  assert [r.split(',')[1:] for r in rows[:1]] == [r.split(',')[1:] for r in rows[1:]], rows
+
+
+def test_an_input_that_is_neither_is_one_line(trained, tmp_path):
+  (tmp_path / 'notes.dat').write_text('ID,Labels\n')
+  result = run_cli(*predict_args(trained, tmp_path / 'notes.dat', tmp_path / 'p.csv'))
+  assert_log_then_one_error(result, 2, f'--input {tmp_path / "notes.dat"} is neither an image')
+  assert not (tmp_path / 'p.csv').exists()
+
+
 # --- class 4: every untrusted read bounded by its kind -------------------------------------
 
 @pytest.mark.parametrize('kind', input_files.LIMITS)
@@ -77,7 +103,7 @@ def alarm(*_):
   raise TimeoutError('no answer in 20 s')
 signal.signal(signal.SIGALRM, alarm)
 READ = {'image': images.read_image, 'list': images.image_paths, 'pickle': load_unlabeled,
-        'torch': torch_bridge.read_state_dict,
+        'input': images.input_kind, 'torch': torch_bridge.read_state_dict,
         'card': lambda p: export.load(os.path.dirname(p)),
         'artifact': lambda p: export.load(os.path.dirname(p))}
 for reader, path in json.loads(sys.argv[1]):
@@ -92,7 +118,7 @@ for reader, path in json.loads(sys.argv[1]):
   print(json.dumps([reader, path, error, time.monotonic() - started]), flush=True)
 print(json.dumps(['peak MB', peak_mb()]))
 '''
-NAMES = {'image': 'x.png', 'list': 'x.txt', 'pickle': 'x.pkl',
+NAMES = {'image': 'x.png', 'list': 'x.txt', 'pickle': 'x.pkl', 'input': 'x.dat',
          'torch': 'x.pth', 'card': export.CARD, 'artifact': export.ARTIFACT}
 
 
