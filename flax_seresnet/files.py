@@ -22,17 +22,30 @@ def _problem(e: OSError) -> str:
   return e.strerror or str(e)
 
 
+def _same_file(a: str, b: str) -> bool:
+  """Whether a and b are one file: by their real paths, or (hard links, bind mounts) by their
+  device and inode."""
+  if os.path.realpath(a) == os.path.realpath(b):
+    return True
+  try:
+    return os.path.samefile(a, b)
+  except OSError:
+    return False
+
+
 def check_target(path: str, what: str, protect=(), workdir=None) -> None:
-  """Refuses a target that is not a regular file, is one of `protect`, or is a file of the
-  run in `workdir`."""
-  if os.path.isdir(path) or (os.path.exists(path) and not os.path.isfile(path)):
+  """Refuses a target that is not a regular file, is one of `protect` (an input of the run),
+  or is a file of the run in `workdir`."""
+  target = path
+  if os.path.isdir(target) or (os.path.exists(target) and not os.path.isfile(target)):
     raise UserError(f'{what} {path} is not a regular file (a folder, a device or a FIFO): give '
                     'the path of a file to write.')
-  real = os.path.realpath(path)
   for other in protect:
-    if other and os.path.exists(other) and os.path.realpath(other) == real:
-      raise UserError(f'{what} {path} is also the input {other}: give another path.')
+    if other and os.path.lexists(other) and _same_file(other, target):
+      raise UserError(f'{what} {path} is also the input {other}: give another path; an input '
+                      'is never written over.')
   if workdir:
+    real = os.path.realpath(target)
     inside = os.path.relpath(real, os.path.realpath(workdir)).split(os.sep)
     if inside[0] in RUN_FILES:
       raise UserError(f'{what} {path} is a file of the run in {workdir}: give another path.')

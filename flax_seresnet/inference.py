@@ -149,8 +149,8 @@ def predict(config, input_path: str, output_csv: str, workdir=None, which: str =
   (`path,label,class_name,probability`) into `output_csv`. Returns (the number of rows, the
   `top_k` classes and probabilities of the first `show` inputs)."""
   config_lib.validate(config)
-  files.check_target(output_csv, '--output', protect=(input_path, torch_checkpoint),
-                     workdir=workdir)
+  inputs = (*input_pipeline.images.input_files(input_path), torch_checkpoint)
+  files.check_target(output_csv, '--output', protect=inputs, workdir=workdir)
   images, names, from_pickle = _inputs(input_path)
   model, variables, _ = load_model(config, workdir, which, torch_checkpoint)
   probs = probabilities(config, model, variables, images, stop)
@@ -165,8 +165,7 @@ def predict(config, input_path: str, output_csv: str, workdir=None, which: str =
     writer.writerows((name, int(label), classes[label], f'{probs[i, label]:.6f}')
                      for i, (name, label) in enumerate(zip(names, labels)))
   if jax.process_index() == 0:
-    files.write_file(output_csv, text.getvalue(), '--output', protect=(input_path,),
-                     workdir=workdir)
+    files.write_file(output_csv, text.getvalue(), '--output', protect=inputs, workdir=workdir)
   top = [(name, [(classes[c], float(probs[i, c])) for c in np.argsort(-probs[i])[:top_k]])
          for i, name in enumerate(names[:show])]
   return len(names), top if top_k else []

@@ -74,6 +74,14 @@ def image_paths(path: str | os.PathLike[str]) -> list[pathlib.Path]:
   return [path]
 
 
+def input_files(path: str | os.PathLike[str]) -> list[pathlib.Path]:
+  """Every file an --input names (itself, a list file and its images, a folder's images): the
+  files a run must never write over."""
+  path = pathlib.Path(path)
+  files = image_paths(path) if path.is_dir() or path.suffix.lower() == '.txt' else []
+  return [path, *files]
+
+
 def _by_range(image):
   """An I;16*, I or F image as 8-bit L, scaled by its value range (see the module's doc)."""
   from PIL import Image  # pylint: disable=import-outside-toplevel

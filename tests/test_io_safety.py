@@ -68,6 +68,63 @@ def test_an_input_that_is_neither_is_one_line(trained, tmp_path):
   assert not (tmp_path / 'p.csv').exists()
 
 
+# --- class 3: never write over an input ----------------------------------------------------
+
+def inputs(tmp_path):
+  """The inputs of each kind and the files each names."""
+  photos = tmp_path / 'photos'
+  (photos / 'sub').mkdir(parents=True)
+  for name in ('01.png', '02.gif', 'sub/03.jpg'):
+    gray(photos / name)
+  outside = gray(tmp_path / 'outside.png')
+  (photos / '04.png').symlink_to(outside)  # an image of the folder that lives elsewhere
+  (tmp_path / 'list.txt').write_text('photos/01.png\nphotos/sub/03.jpg\noutside.png\n')
+  hidden = tmp_path / 'hidden.pkl'
+  fake_data.write_pickle(hidden, {'data': fake_data.make_batch(3, 0)['data'], 'ids': [1, 2, 3]})
+  return {photos: [photos / '01.png', photos / '02.gif', photos / 'sub' / '03.jpg',
+                   photos / '04.png', outside],
+          tmp_path / 'list.txt': [tmp_path / 'list.txt', photos / '01.png',
+                                  photos / 'sub' / '03.jpg', outside],
+          hidden: [hidden]}
+
+
+def spellings(path: pathlib.Path, tmp_path):
+  """Other names of the file `path`: relative, with ./ and .., a link to it, a hard link."""
+  (tmp_path / 'alias').mkdir(parents=True)
+  link, hard = tmp_path / 'alias' / f'link_{path.name}', tmp_path / 'alias' / f'hard_{path.name}'
+  link.symlink_to(path)
+  os.link(os.path.realpath(path), hard)
+  return [str(path), os.path.relpath(path), f'{path.parent}/./../{path.parent.name}/{path.name}',
+          str(link), str(hard)]
+
+
+def test_no_spelling_of_any_file_an_input_names_is_written(trained, tmp_path):
+  for input_path, named in inputs(tmp_path).items():
+    before = {p: p.read_bytes() for p in named}
+    for file in named:
+      for output in spellings(file, tmp_path / f'{input_path.name}_{file.name}'):
+        with pytest.raises(UserError, match='is also the input') as raised:
+          inference.predict(tiny_config(), str(input_path), output, str(trained))
+        assert '\n' not in str(raised.value)
+    assert {p: p.read_bytes() for p in named} == before, input_path
+    assert all(not p.is_symlink() for p in named if p.name != '04.png')
+
+
+def test_an_output_beside_the_inputs_is_written(trained, tmp_path):
+  photos = next(iter(inputs(tmp_path)))
+  rows, _ = inference.predict(tiny_config(), str(photos), str(photos / 'predictions.csv'),
+                              str(trained))
+  assert rows == 4 and (photos / 'predictions.csv').read_text().startswith('path,label')
+
+
+def test_an_input_image_as_output_through_the_command_line(trained, tmp_path):
+  photos = next(iter(inputs(tmp_path)))
+  before = (photos / 'sub' / '03.jpg').read_bytes()
+  result = run_cli(*predict_args(trained, photos, photos / 'sub' / '03.jpg'))
+  assert_log_then_one_error(result, 2, f'--output {photos / "sub" / "03.jpg"} is also the input')
+  assert (photos / 'sub' / '03.jpg').read_bytes() == before
+
+
 # --- class 4: every untrusted read bounded by its kind -------------------------------------
 
 @pytest.mark.parametrize('kind', input_files.LIMITS)
