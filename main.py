@@ -163,7 +163,12 @@ def run_mode(config, stop, results):
 def main(argv):
   if len(argv) > 1:
     fail(f'unexpected arguments: {argv[1:]}')
-  from flax_seresnet import interrupt
+  from flax_seresnet import files, interrupt
+  if FLAGS.output and FLAGS.mode in ('predict', 'export'):  # /dev/stdout: fd 1 moves below
+    try:
+      FLAGS.output = files.resolve_output(FLAGS.output)
+    except files.UserError as e:
+      fail(e)
   results = results_stream()
   with interrupt.StopRequest() as stop:  # from here on a signal stops the run cleanly
     from flax_seresnet import config as config_lib, parallel, records

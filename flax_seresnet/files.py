@@ -22,6 +22,23 @@ def _problem(e: OSError) -> str:
   return e.strerror or str(e)
 
 
+def resolve_output(path: str, what: str = '--output') -> str:
+  """The file an output `path` writes: `path` itself, or the real target of a link (a link is
+  never replaced by the file written). A link to something that is not a regular file or a
+  folder (a pipe, a terminal, a device: /dev/stdout) is refused. Resolve /dev/stdout before
+  fd 1 changes (main.results_stream): it names whatever fd 1 is at the time."""
+  if not os.path.islink(path):
+    return path
+  try:
+    info = os.stat(path)
+  except OSError:  # a dangling link: its target is created, as a shell's > does
+    return os.path.realpath(path)
+  if not (stat.S_ISREG(info.st_mode) or stat.S_ISDIR(info.st_mode)):
+    raise UserError(f'{what} {path} is not a regular file (a link to a pipe, terminal, device '
+                    'or FIFO): give the path of a file to write.')
+  return os.path.realpath(path)
+
+
 def _same_file(a: str, b: str) -> bool:
   """Whether a and b are one file: by their real paths, or (hard links, bind mounts) by their
   device and inode."""
@@ -36,7 +53,7 @@ def _same_file(a: str, b: str) -> bool:
 def check_target(path: str, what: str, protect=(), workdir=None) -> None:
   """Refuses a target that is not a regular file, is one of `protect` (an input of the run),
   or is a file of the run in `workdir`."""
-  target = path
+  target = resolve_output(path, what)
   if os.path.isdir(target) or (os.path.exists(target) and not os.path.isfile(target)):
     raise UserError(f'{what} {path} is not a regular file (a folder, a device or a FIFO): give '
                     'the path of a file to write.')
@@ -52,8 +69,10 @@ def check_target(path: str, what: str, protect=(), workdir=None) -> None:
 
 
 def write_file(path: str, content, what: str = 'output', protect=(), workdir=None) -> None:
-  """Writes `content` (str or bytes) to `path` atomically; UserError in one line on failure."""
+  """Writes `content` (str or bytes) to `path` (the target of a link: the link stays)
+  atomically; UserError in one line on failure."""
   check_target(path, what, protect, workdir)
+  path = resolve_output(path, what)  # written beside the real target: the link stays
   folder = os.path.dirname(os.path.abspath(path))
   tmp = None
   try:

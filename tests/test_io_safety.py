@@ -224,3 +224,73 @@ def test_a_giant_image_in_a_folder_is_skipped_in_one_line(trained, tmp_path):
       f'skipped: image {tmp_path / "b.png"} is 8.0 GiB (8589934592 bytes), over the 64.0 MiB '
       'read for a file of its kind: check that it is the right file, or give a smaller one')
   assert result.stdout.splitlines()[-1] == f'wrote 1 predictions to {tmp_path / "p.csv"}'
+
+
+# --- class 6: an output that is a link -----------------------------------------------------
+
+def hidden_set(folder):
+  path = folder / 'hidden.pkl'
+  fake_data.write_pickle(path, {'data': fake_data.make_batch(5, 0)['data'], 'ids': list(range(5))})
+  return path
+
+
+def test_an_output_link_writes_its_real_target_and_stays_a_link(trained, tmp_path):
+  hidden = hidden_set(tmp_path)
+  (tmp_path / 'real').mkdir()
+  links = {'absolute': tmp_path / 'real' / 'a.csv', 'relative': pathlib.Path('real/b.csv'),
+           'chain': tmp_path / 'absolute', 'dangling': tmp_path / 'real' / 'new.csv'}
+  (tmp_path / 'real' / 'a.csv').write_text('old')
+  (tmp_path / 'real' / 'b.csv').write_text('old')
+  for name, target in links.items():
+    (tmp_path / name).symlink_to(target)
+  for name, target in links.items():
+    inference.predict(tiny_config(), str(hidden), str(tmp_path / name), str(trained))
+    assert (tmp_path / name).is_symlink() and os.readlink(tmp_path / name) == str(target)
+    assert (tmp_path / name).read_text().startswith('ID,Labels\n'), name
+  assert sorted(os.listdir(tmp_path / 'real')) == ['a.csv', 'b.csv', 'new.csv']  # no temporary
+
+
+def stdout_link_run(trained, tmp_path, stdout, stderr=subprocess.PIPE):
+  """main.py predicting into a link of the test's own to /proc/self/fd/1, as /dev/stdout is."""
+  (tmp_path / 'stdout').symlink_to('/proc/self/fd/1')
+  args = predict_args(trained, hidden_set(tmp_path), tmp_path / 'stdout')
+  return subprocess.run([sys.executable, str(REPO / 'main.py'), *map(str, args)], cwd=REPO,
+                        stdout=stdout, stderr=stderr, text=True, timeout=300,
+                        env={**os.environ, 'PYTHONPATH': str(REPO), 'JAX_PLATFORMS': 'cpu'})
+
+
+def test_stdout_redirected_to_a_file_gets_the_csv(trained, tmp_path):
+  with open(tmp_path / 'out.csv', 'w') as out, open(tmp_path / 'err.txt', 'w') as err:
+    result = stdout_link_run(trained, tmp_path, out, err)  # as `main.py ... > out.csv 2> err`
+  err = (tmp_path / 'err.txt').read_text()
+  assert result.returncode == 0 and 'Traceback' not in err, err[-3000:]
+  assert all(LOG_LINE.match(line) for line in err.splitlines()), err
+  lines = (tmp_path / 'out.csv').read_text().splitlines()
+  assert lines[0] == 'ID,Labels' and [r.split(',')[0] for r in lines[1:]] == list('01234')
+  assert (tmp_path / 'stdout').is_symlink()  # the link is not replaced by a file
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason='mknod needs root')
+@pytest.mark.parametrize('kind', ['pipe', 'terminal', 'device', 'fifo'])
+def test_stdout_that_is_not_a_regular_file_is_refused_in_one_line(trained, tmp_path, kind):
+  if kind == 'pipe':
+    result = stdout_link_run(trained, tmp_path, subprocess.PIPE)
+    assert result.stdout == ''
+  else:
+    if kind == 'terminal':
+      keep, fd = pty.openpty()
+    elif kind == 'device':  # /dev/null's numbers, in a folder of the test's own
+      os.mknod(tmp_path / 'null', stat.S_IFCHR | 0o666, os.makedev(1, 3))
+      fd = os.open(tmp_path / 'null', os.O_WRONLY)
+    else:
+      os.mkfifo(tmp_path / 'fifo')
+      fd = os.open(tmp_path / 'fifo', os.O_RDWR)  # a reader of its own: opening never waits
+    result = stdout_link_run(trained, tmp_path, fd)
+    os.close(fd)
+    if kind == 'terminal':
+      os.close(keep)
+  result.stdout = ''
+  assert_log_then_one_error(result, 2, f'--output {tmp_path / "stdout"} is not a regular file')
+  assert (tmp_path / 'stdout').is_symlink() and sorted(os.listdir(tmp_path)) == sorted(
+      ['stdout', 'hidden.pkl', *(['null'] if kind == 'device' else []),
+       *(['fifo'] if kind == 'fifo' else [])])
