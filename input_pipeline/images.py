@@ -109,7 +109,7 @@ def _alpha_mask(image):
 def to_rgb(image):
   """`image` (any mode Pillow opens) upright, as 8-bit RGB, transparency on BACKGROUND."""
   from PIL import Image, ImageOps  # pylint: disable=import-outside-toplevel
-  image = ImageOps.exif_transpose(image)
+  ImageOps.exif_transpose(image, in_place=True)  # in place: no copy of an upright image
   alpha = _alpha_mask(image)
   if image.mode.startswith('I') or image.mode == 'F':
     image = _by_range(image)
