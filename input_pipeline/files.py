@@ -21,6 +21,7 @@ LIMITS = {
     'card': 1 * MiB,  # model.json
     'model': 512 * MiB,  # an exported artifact, an ONNX model, a PyTorch checkpoint
     'pickle': 1024 * MiB,  # a CIFAR-10 batch, the meta file, an unlabeled set
+    'download': 1024 * MiB,  # the CIFAR-10 tarball is 163 MiB
 }
 
 
