@@ -45,7 +45,7 @@ flags.DEFINE_string('torch_checkpoint', None,
                     'eval/predict/export: an original PyTorch checkpoint (.pth) instead of '
                     '--workdir.')
 flags.DEFINE_string('input', None, 'predict: the unlabeled pickle {data, ids}, an image file '
-                    '(PNG, JPEG, BMP, WebP), a folder of them or a .txt list of them.')
+                    '(PNG, JPEG, BMP, WebP, GIF, TIFF), a folder or a .txt list of them.')
 flags.DEFINE_string('output', None, 'predict: the CSV to write; export: the folder to write.')
 flags.DEFINE_integer('top_k', 3, 'predict: show the top K classes of the first few inputs.',
                      lower_bound=0)
@@ -255,7 +255,12 @@ def main(argv):
   if len(argv) > 1:
     fail(f'unexpected arguments: {argv[1:]} (flags take the form --name=value; --help lists '
          'them)')
-  from flax_seresnet import interrupt  # pylint: disable=import-outside-toplevel
+  from flax_seresnet import files, interrupt  # pylint: disable=import-outside-toplevel
+  if FLAGS.output and FLAGS.mode in ('predict', 'export'):  # /dev/stdout: before fd 1 moves
+    try:
+      FLAGS.output = files.resolve_output(FLAGS.output)
+    except files.UserError as e:
+      fail(e)
   results = streams.results()
   with interrupt.StopRequest() as stop:  # from here on a signal stops the run cleanly
     if FLAGS.list_config:

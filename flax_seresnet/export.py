@@ -117,10 +117,10 @@ def load(output_dir: str):
   card's SHA-256; CheckpointError in one line when it is missing, truncated or corrupt."""
   path = os.path.join(output_dir, ARTIFACT)
   try:
-    with open(os.path.join(output_dir, CARD)) as f:
-      expected = json.load(f)['files'][ARTIFACT]
-    blob = read_file(path, 'exported model')
-  except (OSError, ValueError, KeyError, TypeError) as e:
+    card = read_file(os.path.join(output_dir, CARD), 'model card', 'card')
+    expected = json.loads(card)['files'][ARTIFACT]
+    blob = read_file(path, 'exported model', 'model')
+  except (ValueError, KeyError, TypeError) as e:  # DataError too: a ValueError
     raise CheckpointError(f'{output_dir} holds no usable exported model ({e}): export it again '
                           '(--mode export).') from None
   if hashlib.sha256(blob).hexdigest() != expected:

@@ -14,7 +14,7 @@ import tempfile
 from flax_seresnet.errors import UserError
 
 # A workdir's own files and folders: never an --output.
-RUN_FILES = ('.lock', 'config.json', 'metrics.jsonl', 'curves.png', 'checkpoints', 'tensorboard',
+RUN_FILES = ('.lock', 'run.log', 'config.json', 'metrics.jsonl', 'curves.png', 'checkpoints', 'tensorboard',
              'damaged_checkpoints')
 
 
@@ -22,25 +22,57 @@ def _problem(e: OSError) -> str:
   return e.strerror or str(e)
 
 
+def resolve_output(path: str, what: str = '--output') -> str:
+  """The file an output `path` writes: `path` itself, or the real target of a link (a link is
+  never replaced by the file written). A link to something that is not a regular file or a
+  folder (a pipe, a terminal, a device: /dev/stdout) is refused. Resolve /dev/stdout before
+  fd 1 changes (main.results_stream): it names whatever fd 1 is at the time."""
+  if not os.path.islink(path):
+    return path
+  try:
+    info = os.stat(path)
+  except OSError:  # a dangling link: its target is created, as a shell's > does
+    return os.path.realpath(path)
+  if not (stat.S_ISREG(info.st_mode) or stat.S_ISDIR(info.st_mode)):
+    raise UserError(f'{what} {path} is not a regular file (a link to a pipe, terminal, device '
+                    'or FIFO): give the path of a file to write.')
+  return os.path.realpath(path)
+
+
+def _same_file(a: str, b: str) -> bool:
+  """Whether a and b are one file: by their real paths, or (hard links, bind mounts) by their
+  device and inode."""
+  if os.path.realpath(a) == os.path.realpath(b):
+    return True
+  try:
+    return os.path.samefile(a, b)
+  except OSError:
+    return False
+
+
 def check_target(path: str, what: str, protect=(), workdir=None) -> None:
-  """Refuses a target that is not a regular file, is one of `protect`, or is a file of the
-  run in `workdir`."""
-  if os.path.isdir(path) or (os.path.exists(path) and not os.path.isfile(path)):
+  """Refuses a target that is not a regular file, is one of `protect` (an input of the run),
+  or is a file of the run in `workdir`."""
+  target = resolve_output(path, what)
+  if os.path.isdir(target) or (os.path.exists(target) and not os.path.isfile(target)):
     raise UserError(f'{what} {path} is not a regular file (a folder, a device or a FIFO): give '
                     'the path of a file to write.')
-  real = os.path.realpath(path)
   for other in protect:
-    if other and os.path.exists(other) and os.path.realpath(other) == real:
-      raise UserError(f'{what} {path} is also the input {other}: give another path.')
+    if other and os.path.lexists(other) and _same_file(other, target):
+      raise UserError(f'{what} {path} is also the input {other}: give another path; an input '
+                      'is never written over.')
   if workdir:
+    real = os.path.realpath(target)
     inside = os.path.relpath(real, os.path.realpath(workdir)).split(os.sep)
     if inside[0] in RUN_FILES:
       raise UserError(f'{what} {path} is a file of the run in {workdir}: give another path.')
 
 
 def write_file(path: str, content, what: str = 'output', protect=(), workdir=None) -> None:
-  """Writes `content` (str or bytes) to `path` atomically; UserError in one line on failure."""
+  """Writes `content` (str or bytes) to `path` (the target of a link: the link stays)
+  atomically; UserError in one line on failure."""
   check_target(path, what, protect, workdir)
+  path = resolve_output(path, what)  # written beside the real target: the link stays
   folder = os.path.dirname(os.path.abspath(path))
   tmp = None
   try:

@@ -134,9 +134,9 @@ def probabilities(config, model, variables, images: np.ndarray, stop=interrupt.N
 
 
 def _inputs(input_path: str):
-  """(uint8 images, their names, whether they came from a pickle) of --input."""
-  if os.path.isdir(input_path) or os.path.splitext(input_path)[1].lower() in (
-      *input_pipeline.images.SUFFIXES, '.txt'):
+  """(uint8 images, their names, whether they came from a pickle) of --input: images or a
+  pickle by its content and name (input_pipeline.images.input_kind), never by a guess."""
+  if input_pipeline.images.input_kind(input_path) == 'images':
     images, paths = input_pipeline.load_images(input_path, report=logging.warning)
     return images, [str(p) for p in paths], False
   images, ids = input_pipeline.load_unlabeled(input_path)
@@ -149,8 +149,8 @@ def predict(config, input_path: str, output_csv: str, workdir=None, which: str =
   (`path,label,class_name,probability`) into `output_csv`. Returns (the number of rows, the
   `top_k` classes and probabilities of the first `show` inputs)."""
   config_lib.validate(config)
-  files.check_target(output_csv, '--output', protect=(input_path, torch_checkpoint),
-                     workdir=workdir)
+  inputs = (*input_pipeline.images.input_files(input_path), torch_checkpoint)
+  files.check_target(output_csv, '--output', protect=inputs, workdir=workdir)
   images, names, from_pickle = _inputs(input_path)
   model, variables, _ = load_model(config, workdir, which, torch_checkpoint)
   probs = probabilities(config, model, variables, images, stop)
@@ -165,8 +165,7 @@ def predict(config, input_path: str, output_csv: str, workdir=None, which: str =
     writer.writerows((name, int(label), classes[label], f'{probs[i, label]:.6f}')
                      for i, (name, label) in enumerate(zip(names, labels)))
   if jax.process_index() == 0:
-    files.write_file(output_csv, text.getvalue(), '--output', protect=(input_path,),
-                     workdir=workdir)
+    files.write_file(output_csv, text.getvalue(), '--output', protect=inputs, workdir=workdir)
   top = [(name, [(classes[c], float(probs[i, c])) for c in np.argsort(-probs[i])[:top_k]])
          for i, name in enumerate(names[:show])]
   return len(names), top if top_k else []

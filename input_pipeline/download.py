@@ -10,12 +10,14 @@ import pathlib
 import tarfile
 import tempfile
 import urllib.error
+import urllib.parse
 import urllib.request
 import zlib
 
 import tqdm
 
 from input_pipeline.errors import DataError, one_line
+from input_pipeline.files import LIMITS, read_file, size_text
 
 OFFICIAL_URL = 'https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz'
 OFFICIAL_MD5 = 'c58f30108f718f92721af3b95e74349a'
@@ -78,8 +80,12 @@ def _data_without_links(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo:
 
 
 def _fetch(url: str, path: str, target: pathlib.Path, *, progress: bool, timeout: float) -> str:
-  """Streams `url` into the file `path`; returns its MD5 hex digest."""
+  """Streams `url` into the file `path`, at most LIMITS['download'] bytes; returns its MD5 hex
+  digest."""
   md5, received = hashlib.md5(), 0
+  if urllib.parse.urlparse(url).scheme == 'file':  # a FIFO would block, /dev/zero never end
+    read_file(urllib.request.url2pathname(urllib.parse.urlparse(url).path), 'download', 'download',
+              head=0)
   try:
     with urllib.request.urlopen(url, timeout=timeout) as response, open(path, 'wb') as out:
       length = response.headers.get('Content-Length')
@@ -91,6 +97,9 @@ def _fetch(url: str, path: str, target: pathlib.Path, *, progress: bool, timeout
           md5.update(chunk)
           received += len(chunk)
           bar.update(len(chunk))
+          if received > LIMITS['download']:
+            raise DataError(f'the download from {url} goes on past {size_text(LIMITS["download"])}'
+                            f': it is not the CIFAR-10 tarball (163 MiB); use {OFFICIAL_URL}')
   except urllib.error.HTTPError as e:
     reason = f'HTTP {e.code} {e.reason}'
   except urllib.error.URLError as e:

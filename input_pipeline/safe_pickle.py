@@ -158,7 +158,7 @@ def _problem(e: BaseException) -> str:
 
 def safe_load(path: str | os.PathLike[str], *, what: str = 'dataset file') -> Any:
   """Unpickles `path` (Python 2 strings as bytes); DataError on anything wrong or not allowed."""
-  data = read_file(path, what)
+  data = read_file(path, what, 'pickle')
   try:
     return _finish(_Unpickler(io.BytesIO(data), encoding='bytes').load(), len(data))
   except Exception as e:  # pylint: disable=broad-except
@@ -174,7 +174,7 @@ def load_torch_file(path: str | os.PathLike[str]) -> Any:
     raise DataError(f'reading the PyTorch checkpoint {path} needs PyTorch: pip install '
                     "'flax-seresnet[torch]' (on a CPU: pip install torch==2.13.0)") from None
   what = 'PyTorch checkpoint'
-  data = read_file(path, what)
+  data = read_file(path, what, 'model')
   try:
     if zipfile.is_zipfile(io.BytesIO(data)):  # torch.save's format; older files are a pickle
       with zipfile.ZipFile(io.BytesIO(data)) as archive:

@@ -3,6 +3,7 @@ import hashlib
 import http.server
 import io
 import os
+import signal
 import socket
 import tarfile
 import threading
@@ -216,3 +217,40 @@ def test_existing_target_is_never_overwritten(server, good_tarball, tmp_path):
   with pytest.raises(DataError, match='already exists'):
     download_cifar10(target, url, md5, progress=False)
   assert os.listdir(target) == ['keep']
+
+
+def test_a_download_past_its_bound_stops_in_one_line(server, good_tarball, tmp_path,
+                                                     monkeypatch):
+  from input_pipeline import files
+  url, md5 = serve(server, 'endless.tar.gz', good_tarball)
+  monkeypatch.setitem(files.LIMITS, 'download', len(good_tarball) - 1)  # a body that goes on
+  target = tmp_path / 'data' / 'cifar'
+  with pytest.raises(DataError, match='goes on past') as info:
+    download_cifar10(target, url, md5, progress=False)
+  assert '\n' not in str(info.value)
+  _assert_clean(tmp_path / 'data', target)
+  monkeypatch.setitem(files.LIMITS, 'download', len(good_tarball))  # the bound itself is taken
+  download_cifar10(target, url, md5, progress=False)
+
+
+@pytest.mark.parametrize('kind', ['fifo', 'device'])
+def test_a_file_url_to_a_fifo_or_device_is_refused_at_once(tmp_path, kind):
+  import stat  # pylint: disable=import-outside-toplevel
+  special = tmp_path / kind
+  if kind == 'fifo':
+    os.mkfifo(special)
+  else:  # /dev/zero's numbers, in a folder of the test's own
+    if os.geteuid() != 0:
+      pytest.skip('mknod needs root')
+    os.mknod(special, stat.S_IFCHR | 0o666, os.makedev(1, 5))
+  def too_late(*_):  # an open() blocked on the FIFO fails the test instead of hanging it
+    raise TimeoutError('the download waited on the FIFO')
+  previous = signal.signal(signal.SIGALRM, too_late)
+  signal.alarm(20)
+  try:
+    with pytest.raises(DataError, match=f'download {special} is not a regular file') as info:
+      download_cifar10(tmp_path / 'cifar', f'file://{special}', '0' * 32, progress=False)
+  finally:
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+  assert '\n' not in str(info.value) and not (tmp_path / 'cifar').exists()
