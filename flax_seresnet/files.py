@@ -11,15 +11,12 @@ import os
 import stat
 import tempfile
 
+from flax_seresnet import storage
 from flax_seresnet.errors import UserError
 
 # A workdir's own files and folders: never an --output.
 RUN_FILES = ('.lock', 'config.json', 'metrics.jsonl', 'curves.png', 'checkpoints', 'tensorboard',
              'damaged_checkpoints')
-
-
-def _problem(e: OSError) -> str:
-  return e.strerror or str(e)
 
 
 def check_target(path: str, what: str, protect=(), workdir=None) -> None:
@@ -54,8 +51,7 @@ def write_file(path: str, content, what: str = 'output', protect=(), workdir=Non
   except OSError as e:
     if tmp and os.path.lexists(tmp):
       os.remove(tmp)
-    raise UserError(f'could not write {what} {path} ({_problem(e)}): check that its folder '
-                    'exists, is writable and has space.') from None
+    raise UserError(f'could not write {what} {path} {storage.describe(e)}.') from None
 
 
 def append_line(path: str, line: str, what: str) -> None:
@@ -68,8 +64,8 @@ def append_line(path: str, line: str, what: str) -> None:
         raise OSError(errno.EINVAL, 'not a regular file')
       f.write(line + '\n')
   except OSError as e:
-    raise UserError(f'could not write {what} {path} ({_problem(e)}): free some space or fix '
-                    'the path, then rerun the same command to resume.') from None
+    raise UserError(f'could not write {what} {path} {storage.describe(e)}, then rerun the same '
+                    'command to resume.') from None
 
 
 class WorkdirLock:
@@ -84,7 +80,7 @@ class WorkdirLock:
       fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
     except OSError as e:
       what = ('is a link: remove it' if e.errno == errno.ELOOP else
-              f'cannot be written ({_problem(e)}): choose another folder')
+              f'cannot be written {storage.describe(e)}')
       raise UserError(f'--workdir {workdir}: {self.path} {what}.') from None
     self._file = os.fdopen(fd, 'r+')
     if not stat.S_ISREG(os.fstat(fd).st_mode):
@@ -105,8 +101,8 @@ class WorkdirLock:
       self._file.flush()
     except OSError as e:
       self._file.close()
-      raise UserError(f'--workdir {workdir}: {self.path} cannot be written ({_problem(e)}): '
-                      'free some space or choose another folder.') from None
+      raise UserError(f'--workdir {workdir}: {self.path} cannot be written '
+                      f'{storage.describe(e)}.') from None
 
   def __enter__(self):
     return self
