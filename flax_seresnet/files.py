@@ -95,10 +95,9 @@ class WorkdirLock:
       self._file.close()
       raise UserError(f'--workdir {workdir} is in use by another trainer (pid {holder}): wait '
                       'for it to finish, or use another --workdir.') from None
-    try:
-      self._file.truncate(0)
-      self._file.write(str(os.getpid()))
-      self._file.flush()
+    try:  # unbuffered: a failed write must not fail again when the file is closed
+      os.ftruncate(fd, 0)
+      os.pwrite(fd, str(os.getpid()).encode(), 0)
     except OSError as e:
       self._file.close()
       raise UserError(f'--workdir {workdir}: {self.path} cannot be written '
