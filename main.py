@@ -155,7 +155,7 @@ def run_mode(config, stop, results):
     if not FLAGS.output:
       raise ConfigError('--mode export needs --output FOLDER.')
     card = export.export(config, FLAGS.output, FLAGS.workdir, FLAGS.checkpoint,
-                         FLAGS.torch_checkpoint)
+                         FLAGS.torch_checkpoint, stop)
     print(f'exported {", ".join(card["files"])} and {export.CARD} to {FLAGS.output}',
           file=results)
 
