@@ -13,6 +13,7 @@ import sys
 import pytest
 
 from flax_seresnet import storage
+from flax_seresnet.errors import UserError
 from tests.test_cli import TINY, assert_log_then_one_error, run_cli
 from tests.test_export_whole import no_torch  # noqa: F401  (a fixture)
 from tests.test_files import needs_mounts
@@ -151,3 +152,24 @@ def test_the_classifier_reads_the_wrapped_forms(wrapped, advice):
   for other in ('the checkpoint is damaged', 'RESOURCE_EXHAUSTED: Out of memory allocating',
                 'OUT_OF_RANGE: Error reading local file "x": past the end'):
     assert storage.problem(ValueError(other)) is None
+
+
+def test_a_checkpoint_the_reader_cannot_open_now_is_not_moved_aside_as_damaged(trained, tmp_path,
+                                                                               monkeypatch):
+  """Too many open files while restoring is the reader's limit, not damage: one line, and the
+  save stays where it is (a limit at the start does not reach a restore: it needs few files)."""
+  from flax_seresnet import checkpointing
+  workdir = shutil.copytree(trained, tmp_path / 'run')
+  steps = sorted(os.listdir(workdir / 'checkpoints'))
+
+  def out_of_files(*args, **kwargs):
+    raise ValueError("RESOURCE_EXHAUSTED: Error opening \"zarr\" driver: Failed to open "
+                     "directory: \"x/d\": Too many open files [os_error_code='24']")
+  with checkpointing.Checkpoints(str(workdir)) as checkpoints:
+    manager = checkpoints._manager  # pylint: disable=protected-access
+    monkeypatch.setattr(manager, 'restore', out_of_files)
+    with pytest.raises(UserError, match=r'could not read the checkpoint .* \(Too many open files\)'
+                       r': raise the open-files limit \(ulimit -n\)'):
+      checkpoints.restore({})
+  assert sorted(os.listdir(workdir / 'checkpoints')) == steps
+  assert not (workdir / 'damaged_checkpoints').exists()
