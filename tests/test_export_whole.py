@@ -205,8 +205,9 @@ def test_without_an_atomic_exchange_a_crash_between_the_renames_is_undone_next_t
   monkeypatch.setattr(os, 'rename', real_rename)
   assert not (tmp_path / 'model').exists() and calls == [str(tmp_path / '.model.old-999999999-x')]
   shutil.rmtree(new)
-  export._clear_leftovers(str(tmp_path), 'model')  # pylint: disable=protected-access
-  assert contents(tmp_path) == before
+  copy = shutil.copytree(tmp_path, tmp_path.parent / 'copy')
+  export._clear_leftovers(str(copy), 'model')  # pylint: disable=protected-access
+  assert contents(copy) == before  # the old export back in its place
   export.export(tiny_config(), str(tmp_path / 'model'), str(models / 'run'))  # no exchange
-  assert os.listdir(tmp_path) == ['model']
+  assert os.listdir(tmp_path) == ['model']  # nothing left beside it
   assert_complete_export(tmp_path / 'model', 'checkpoint')
