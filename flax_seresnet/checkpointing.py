@@ -10,6 +10,7 @@ checks the checksums and the step, and falls back to the newest intact save with
 warning; a trainer moves a damaged save to <workdir>/damaged_checkpoints/ (kept for inspection)
 so that it can write that step again.
 """
+import errno
 import hashlib
 import os
 import shutil
@@ -22,9 +23,12 @@ import orbax.checkpoint as ocp
 from absl import logging
 from orbax.checkpoint import checkpoint_managers as policies
 
+from flax_seresnet import storage
 from flax_seresnet.errors import CheckpointError, one_line
 
 META_KEYS = ('step', 'epoch', 'config', 'history', 'checksums')  # a save without them is damaged
+# Failures of the reader, not of the save: such a save is not moved aside as damaged.
+READ_PROBLEMS = (errno.EMFILE, errno.ENFILE, errno.EACCES, errno.EPERM)
 
 
 # --- What a save holds.
@@ -70,23 +74,6 @@ def digest(tree) -> str:
   return sha.hexdigest()
 
 
-def storage_problem(e: BaseException):
-  """The disk's complaint behind an exception (orbax and tensorstore wrap OSErrors in several
-  types, tensorstore as a ValueError naming the errno), or None."""
-  while e is not None:
-    if isinstance(e, OSError) and e.errno:
-      return e.strerror or one_line(e)
-    text = str(e)
-    for needle, problem in (('os_error_code=28', 'No space left on device'),
-                            ('RESOURCE_EXHAUSTED', 'No space left on device'),
-                            ('os_error_code=30', 'Read-only file system'),
-                            ('os_error_code=13', 'Permission denied')):
-      if needle in text:
-        return problem
-    e = e.__cause__ or e.__context__
-  return None
-
-
 class _Manager(ocp.CheckpointManager):
   """orbax's manager without JAX's preemption sync point: this run's own stop agreement
   (parallel.DataParallel) picks the step every process saves, and JAX's preemption service is
@@ -103,6 +90,7 @@ class Checkpoints:
     self.workdir = os.path.abspath(workdir)
     self.directory = os.path.join(self.workdir, 'checkpoints')
     self.read_only = read_only
+    storage.quiet_background()  # orbax's threads report a failed write too: the main thread says it
     if os.path.lexists(self.directory) and not os.path.isdir(self.directory):
       raise CheckpointError(f'{self.directory} is a file, not a folder: move it away, or use '
                             'another --workdir.')
@@ -127,9 +115,8 @@ class Checkpoints:
       with open(probe, 'w') as f:
         f.write('ok')
     except OSError as e:
-      raise CheckpointError(f'cannot write checkpoints to {self.directory} ({e.strerror}): '
-                            'free some space, fix its permissions, or use another '
-                            '--workdir.') from None
+      raise CheckpointError(f'cannot write checkpoints to {self.directory} '
+                            f'{storage.describe(e)}, or use another --workdir.') from None
     finally:
       if os.path.lexists(probe):
         os.remove(probe)
@@ -156,19 +143,20 @@ class Checkpoints:
     meta = dict(meta, step=step, checksums={name: digest(t) for name, t in items.items()})
     args = {name: ocp.args.StandardSave(tree) for name, tree in items.items()}
     try:
-      self._manager.save(step, args=ocp.args.Composite(meta=ocp.args.JsonSave(meta), **args),
-                         metrics=None if test_accuracy is None else
-                         {'test_accuracy': float(test_accuracy)}, force=True)
-      self._manager.wait_until_finished()
+      with storage.held_reports():
+        self._manager.save(step, args=ocp.args.Composite(meta=ocp.args.JsonSave(meta), **args),
+                           metrics=None if test_accuracy is None else
+                           {'test_accuracy': float(test_accuracy)}, force=True)
+        self._manager.wait_until_finished()
     except Exception as e:  # pylint: disable=broad-except
-      problem = storage_problem(e)
+      problem = storage.problem(e)
       if problem is None:
         raise
       self._remove_temporaries(step)  # what the failed save left half-written
       raise CheckpointError(
-          f'could not write the checkpoint of step {step} to {self.directory} ({problem}): free '
-          'some space (or fix the folder), then rerun the same command to resume from the '
-          f'newest checkpoint kept (steps {self.steps()}).') from None
+          f'could not write the checkpoint of step {step} to {self.directory} {problem}, then '
+          'rerun the same command to resume from the newest checkpoint kept (steps '
+          f'{self.steps()}).') from None
 
   def restore(self, templates: dict, which: str = 'latest'):
     """(items like `templates`, meta) of the newest intact save ('latest'), or of the best by
@@ -181,6 +169,7 @@ class Checkpoints:
       try:
         return self._restore(step, templates)
       except Exception as e:  # pylint: disable=broad-except  # damage takes many forms
+        self._unless_storage(e, step)
         logging.warning('checkpoint %s/%d is damaged and skipped (%s)%s', self.directory, step,
                         one_line(e)[:300], '' if self.read_only else
                         f'; moved to {self._move_aside(step)}.')
@@ -190,9 +179,10 @@ class Checkpoints:
         'another --workdir or --torch_checkpoint.')
 
   def _restore(self, step: int, templates: dict):
-    restored = self._manager.restore(step, args=ocp.args.Composite(
-        meta=ocp.args.JsonRestore(), **{name: ocp.args.StandardRestore(template)
-                                        for name, template in templates.items()}))
+    with storage.held_reports():
+      restored = self._manager.restore(step, args=ocp.args.Composite(
+          meta=ocp.args.JsonRestore(), **{name: ocp.args.StandardRestore(template)
+                                          for name, template in templates.items()}))
     meta = restored['meta']
     if not isinstance(meta, dict) or any(key not in meta for key in META_KEYS):
       raise ValueError(f'its metadata lacks one of {META_KEYS}')
@@ -203,9 +193,21 @@ class Checkpoints:
         raise ValueError(f'the checksum of its {name!r} item does not match')
     return {name: restored[name] for name in templates}, meta
 
+  def _unless_storage(self, e: Exception, step: int) -> None:
+    """A save the system cannot read now (too many open files, no permission) is not damaged:
+    one line, and it stays where it is."""
+    problem = storage.problem(e)
+    if problem and problem.code in READ_PROBLEMS:
+      raise CheckpointError(f'could not read the checkpoint {self.directory}/{step} '
+                            f'{problem}.') from None
+
   def _move_aside(self, step: int) -> str:
     target = os.path.join(self.workdir, 'damaged_checkpoints', f'{step}-{time.time():.0f}')
-    os.makedirs(os.path.dirname(target), exist_ok=True)
-    shutil.move(os.path.join(self.directory, str(step)), target)
+    try:
+      os.makedirs(os.path.dirname(target), exist_ok=True)
+      shutil.move(os.path.join(self.directory, str(step)), target)
+    except OSError as e:
+      raise CheckpointError(f'could not move the damaged checkpoint {self.directory}/{step} to '
+                            f'{target} {storage.describe(e)}.') from None
     self._manager.reload()
     return target

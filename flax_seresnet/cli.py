@@ -214,7 +214,7 @@ def run_mode(config, stop, results):
   else:
     from flax_seresnet import export  # pylint: disable=import-outside-toplevel
     card = export.export(config, FLAGS.output, FLAGS.workdir, FLAGS.checkpoint,
-                         FLAGS.torch_checkpoint)
+                         FLAGS.torch_checkpoint, stop)
     print(f'exported {", ".join(card["files"])} and {export.CARD} to {FLAGS.output}',
           file=results)
 

@@ -11,15 +11,12 @@ import os
 import stat
 import tempfile
 
+from flax_seresnet import storage
 from flax_seresnet.errors import UserError
 
 # A workdir's own files and folders: never an --output.
 RUN_FILES = ('.lock', 'run.log', 'config.json', 'metrics.jsonl', 'curves.png', 'checkpoints', 'tensorboard',
              'damaged_checkpoints')
-
-
-def _problem(e: OSError) -> str:
-  return e.strerror or str(e)
 
 
 def resolve_output(path: str, what: str = '--output') -> str:
@@ -86,8 +83,7 @@ def write_file(path: str, content, what: str = 'output', protect=(), workdir=Non
   except OSError as e:
     if tmp and os.path.lexists(tmp):
       os.remove(tmp)
-    raise UserError(f'could not write {what} {path} ({_problem(e)}): check that its folder '
-                    'exists, is writable and has space.') from None
+    raise UserError(f'could not write {what} {path} {storage.describe(e)}.') from None
 
 
 def append_line(path: str, line: str, what: str) -> None:
@@ -100,8 +96,8 @@ def append_line(path: str, line: str, what: str) -> None:
         raise OSError(errno.EINVAL, 'not a regular file')
       f.write(line + '\n')
   except OSError as e:
-    raise UserError(f'could not write {what} {path} ({_problem(e)}): free some space or fix '
-                    'the path, then rerun the same command to resume.') from None
+    raise UserError(f'could not write {what} {path} {storage.describe(e)}, then rerun the same '
+                    'command to resume.') from None
 
 
 class WorkdirLock:
@@ -116,7 +112,7 @@ class WorkdirLock:
       fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
     except OSError as e:
       what = ('is a link: remove it' if e.errno == errno.ELOOP else
-              f'cannot be written ({_problem(e)}): choose another folder')
+              f'cannot be written {storage.describe(e)}')
       raise UserError(f'--workdir {workdir}: {self.path} {what}.') from None
     self._file = os.fdopen(fd, 'r+')
     if not stat.S_ISREG(os.fstat(fd).st_mode):
@@ -131,14 +127,13 @@ class WorkdirLock:
       self._file.close()
       raise UserError(f'--workdir {workdir} is in use by another trainer (pid {holder}): wait '
                       'for it to finish, or use another --workdir.') from None
-    try:
-      self._file.truncate(0)
-      self._file.write(str(os.getpid()))
-      self._file.flush()
+    try:  # unbuffered: a failed write must not fail again when the file is closed
+      os.ftruncate(fd, 0)
+      os.pwrite(fd, str(os.getpid()).encode(), 0)
     except OSError as e:
       self._file.close()
-      raise UserError(f'--workdir {workdir}: {self.path} cannot be written ({_problem(e)}): '
-                      'free some space or choose another folder.') from None
+      raise UserError(f'--workdir {workdir}: {self.path} cannot be written '
+                      f'{storage.describe(e)}.') from None
 
   def __enter__(self):
     return self

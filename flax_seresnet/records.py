@@ -9,7 +9,7 @@ import json
 import os
 import time
 
-from flax_seresnet import files
+from flax_seresnet import files, storage
 from flax_seresnet.errors import UserError
 
 
@@ -43,9 +43,8 @@ class RunRecords:
                                                summary=summary))
       self._events.flush()
     except OSError as e:
-      raise UserError(f'could not write TensorBoard events to {folder} ({e.strerror}): free '
-                      'some space or fix the folder, then rerun the same command to '
-                      'resume.') from None
+      raise UserError(f'could not write TensorBoard events to {folder} {storage.describe(e)}, '
+                      'then rerun the same command to resume.') from None
 
   def plot(self) -> None:
     """Loss and accuracy per epoch, train and test, into curves.png, titled with the run's

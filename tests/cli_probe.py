@@ -3,9 +3,10 @@
   PROBE_HOLD=N:PATH python tests/cli_probe.py MOMENT [main.py flags]
 
 MOMENT: compile (the run's compilation), step (a train step, before it is dispatched), save (a
-checkpoint save), eval (an evaluation) or none. Each call prints `PROBE <moment> <count>` on
-stderr up to the N-th, which waits until PATH exists: a test acts at an exact point of the run,
-however slow or loaded the machine. PROBE_STEP_S=S makes each train step S seconds longer. PROBE_SLOW_CLOSE=S makes process 1 of a distributed run
+checkpoint save), eval (an evaluation), export (the writing of one file of an export) or none.
+Each call prints `PROBE <moment> <count> pid=<pid>` on stderr up to the N-th, which waits until
+PATH exists: a test acts at an exact point of the run, however slow or loaded the machine.
+PROBE_STEP_S=S makes each train step S seconds longer. PROBE_SLOW_CLOSE=S makes process 1 of a distributed run
 S seconds late at its end (a peer still busy when process 0 is done).
 """
 import os
@@ -26,7 +27,7 @@ def hold(module, name, moment):
   def held(*args, **kwargs):
     count[0] += 1
     if count[0] <= int(at):
-      print(f'PROBE {moment} {count[0]}', file=sys.stderr, flush=True)
+      print(f'PROBE {moment} {count[0]} pid={os.getpid()}', file=sys.stderr, flush=True)
     if count[0] == int(at):
       while not os.path.exists(release):
         time.sleep(0.01)
@@ -57,9 +58,10 @@ def main():
   signal.signal(signal.SIGINT, signal.SIG_DFL)
   if os.environ.get('PROBE_IGNORE'):  # as nohup starts a command: that signal ignored
     signal.signal(getattr(signal, os.environ['PROBE_IGNORE']), signal.SIG_IGN)
-  from flax_seresnet import checkpointing, inference, train  # noqa: F401
+  from flax_seresnet import checkpointing, export, inference, train  # noqa: F401
   places = {'compile': (train.Trainer, 'compile'), 'step': (train.Trainer, 'train_step'),
-            'save': (checkpointing.Checkpoints, 'save'), 'eval': (train.inference, 'run_batches')}
+            'save': (checkpointing.Checkpoints, 'save'), 'eval': (train.inference, 'run_batches'),
+            'export': (export, '_write')}
   if moment in places:
     hold(*places[moment], moment)
   if os.environ.get('PROBE_STEP_S'):

@@ -86,7 +86,8 @@ def test_the_card_says_what_the_model_is(exported):
   assert sorted(card['files']) == ['model.jax', 'model.onnx']
 
 
-@pytest.mark.parametrize('damage', ['truncated', 'flipped', 'missing', 'no card'])
+@pytest.mark.parametrize('damage', ['truncated', 'flipped', 'missing', 'no card', 'onnx flipped',
+                                    'onnx missing'])
 def test_a_damaged_artifact_is_one_clear_error(exported, tmp_path, damage):
   import shutil
   folder = shutil.copytree(exported[0] / 'model', tmp_path / 'model')
@@ -97,6 +98,11 @@ def test_a_damaged_artifact_is_one_clear_error(exported, tmp_path, damage):
     (folder / 'model.jax').write_bytes(blob[:100] + bytes([blob[100] ^ 1]) + blob[101:])
   elif damage == 'missing':
     (folder / 'model.jax').unlink()
+  elif damage == 'onnx flipped':  # the card covers every file, not only the artifact
+    onnx = (folder / 'model.onnx').read_bytes()
+    (folder / 'model.onnx').write_bytes(onnx[:100] + bytes([onnx[100] ^ 1]) + onnx[101:])
+  elif damage == 'onnx missing':
+    (folder / 'model.onnx').unlink()
   else:
     (folder / 'model.json').unlink()
   with pytest.raises(CheckpointError, match='export it again') as raised:

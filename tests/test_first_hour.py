@@ -110,7 +110,7 @@ def test_ctrl_c_through_a_tee_keeps_the_exit_code_and_the_last_line(data_dir, tm
   shell = subprocess.Popen(['bash', '-c', script], cwd=REPO, start_new_session=True,
                            env={**ENV, 'PROBE_HOLD': f'5:{release}'})
   try:
-    wait_until(lambda: 'PROBE step 5\n' in read(log))
+    wait_until(lambda: 'PROBE step 5 pid=' in read(log))
     os.killpg(shell.pid, signal.SIGINT)  # as a terminal does: every process of the job
     wait_until(lambda: 'SIGINT received: stopping' in read(workdir / 'run.log'))
     release.write_text('')

@@ -125,7 +125,7 @@ def test_a_signal_stops_saves_and_the_resumed_run_is_bitwise_the_same(
     data_dir, uninterrupted, tmp_path, name, moment, hold, where):
   workdir = tmp_path / 'run'
   run = Run(flags(data_dir, workdir), moment, hold=hold, control=tmp_path)
-  run.wait_for(f'PROBE {moment} {hold}\n')
+  run.wait_for(f'PROBE {moment} {hold} pid=')
   run.process.send_signal(getattr(signal, name))
   run.wait_for(acknowledged(name))  # at once, from the watcher thread, while the run is held
   run.release()
@@ -141,7 +141,7 @@ def test_a_second_signal_exits_at_once_and_the_newest_checkpoint_is_intact(
     data_dir, uninterrupted, tmp_path):
   workdir = tmp_path / 'run'
   run = Run(flags(data_dir, workdir), 'save', hold=1, control=tmp_path)
-  run.wait_for('PROBE save 1\n')  # held inside the save of epoch 1: the first signal must wait
+  run.wait_for('PROBE save 1 pid=')  # held inside the save of epoch 1: the first signal must wait
   run.process.send_signal(signal.SIGTERM)
   run.wait_for(acknowledged('SIGTERM'))
   run.process.send_signal(signal.SIGINT)  # still held: only the second signal can end it
