@@ -27,7 +27,8 @@ config_flags.DEFINE_config_file(
     'config', None, 'Training configuration file, e.g. configs/seresnet.py. Any setting can be '
     'overridden with --config.KEY=VALUE; --list_config lists them all.', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Folder for checkpoints, metrics and plots.')
-flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'predict', 'export'], 'What to do.')
+flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'predict', 'export', 'robustness'],
+                  'What to do (robustness: --output FOLDER, --input a CIFAR-10-C folder or none).')
 flags.DEFINE_enum('checkpoint', 'latest', ['latest', 'best'],
                   'eval/predict: which checkpoint of --workdir to use.')
 flags.DEFINE_string('torch_checkpoint', None,
@@ -150,6 +151,11 @@ def run_mode(config, stop, results):
     for name, best in top:
       print(f'{name}: ' + ', '.join(f'{c} {100 * p:.1f}%' for c, p in best), file=results)
     print(f'wrote {rows} predictions to {FLAGS.output}', file=results)
+  elif FLAGS.mode == 'robustness':
+    from flax_seresnet import robustness
+    print(robustness.evaluate_robustness(config, FLAGS.workdir, FLAGS.checkpoint,
+                                         FLAGS.torch_checkpoint, FLAGS.input, FLAGS.output, stop,
+                                         config.progress_bar), file=results)
   else:
     from flax_seresnet import export
     if not FLAGS.output:
