@@ -435,13 +435,33 @@ def elastic_transform(images, c, rng):
   return _sample(x, rows + dy.astype(np.float32), cols + dx.astype(np.float32), 'reflect')
 
 
+def _fold(index: np.ndarray, mode: str, size: int = 32) -> np.ndarray:
+  """Integer indices folded into 0..size-1 as scipy.ndimage extends an image: 'reflect' repeats
+  the edge pixel (d c b a | a b c d | d c b a), 'mirror' does not (OpenCV's BORDER_REFLECT_101)."""
+  outside = (index < 0) | (index >= size)
+  if outside.any():  # few are: fold only those
+    period = 2 * size if mode == 'reflect' else 2 * size - 2
+    folded = np.mod(index[outside], period)
+    index = index.copy()
+    index[outside] = np.where(folded >= size,
+                              period - (mode == 'reflect') - folded, folded)
+  return index
+
+
 def _sample(x: np.ndarray, rows: np.ndarray, cols: np.ndarray, mode: str) -> np.ndarray:
-  """Bilinear samples of each (N, 32, 32, 3) image at (rows, cols) of shape (N, 32, 32)."""
-  n = np.broadcast_to(np.arange(len(x))[:, None, None, None], x.shape)
-  channel = np.broadcast_to(np.arange(3), x.shape)
-  coords = [n, np.broadcast_to(rows[..., None], x.shape),
-            np.broadcast_to(cols[..., None], x.shape), channel]
-  return ndi.map_coordinates(x, coords, order=1, mode=mode)
+  """Bilinear samples of each (N, 32, 32, 3) image at (rows, cols) of shape (N, 32, 32), the
+  four neighbours folded in by `mode` (scipy's map_coordinates with order=1, for a batch)."""
+  top, left = np.floor(rows), np.floor(cols)
+  # In float64 like scipy (the weights of a constant then sum to it), stored in x's dtype.
+  down, right = (rows - top)[..., None].astype(np.float64), (cols - left)[..., None]
+  top, left = top.astype(np.int64), left.astype(np.int64)
+  base = np.arange(len(x))[:, None, None] * 1024
+  pixels = x.reshape(-1, 3)
+  out = np.zeros(x.shape)
+  for r, wr in ((_fold(top, mode), 1 - down), (_fold(top + 1, mode), down)):
+    for c, wc in ((_fold(left, mode), 1 - right), (_fold(left + 1, mode), right)):
+      out += wr * wc * pixels[base + r * 32 + c]
+  return out.astype(x.dtype)
 
 
 _FUNCTIONS = {name: globals()[name] for name in CORRUPTIONS}

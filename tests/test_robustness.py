@@ -58,9 +58,11 @@ def test_generated_corruptions_through_the_cli(trained, tmp_path):
   record = check_outputs(result.stdout, tmp_path / 'out', 'generated', CORRUPTIONS)
   assert record['seed'] == 0 and record['missing_corruptions'] == ['frost']
   assert 'robustness: 91 evaluations; the first corrupted set took' in result.stderr
-  # The same seed, the same figures.
+  # The same seed, the same figures; clean is --mode eval's accuracy.
   again = run_cli(*trained, '--mode=robustness', f'--output={tmp_path / "again"}')
   assert again.stdout == result.stdout
+  clean = run_cli(*trained, '--mode=eval')
+  assert clean.stdout == f'test_accuracy={record["clean_accuracy"]:.2f}\n'
 
 
 def test_official_files_through_the_cli(trained, learnable_cifar10_dir, tmp_path):
