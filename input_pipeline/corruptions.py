@@ -173,12 +173,14 @@ def _motion(images: np.ndarray, radius: float, sigma: float, angles: np.ndarray)
   angles = np.deg2rad(angles)[:, None]
   dx = np.ceil(steps * np.cos(angles) - 0.5).astype(int)  # (N, width)
   dy = np.ceil(steps * np.sin(angles) - 0.5).astype(int)
-  n, rows, cols = np.arange(len(images))[:, None, None], np.arange(32), np.arange(32)
+  base = np.arange(len(images))[:, None, None] * 1024
+  rows, cols = np.arange(32)[None, :, None], np.arange(32)[None, None, :]
+  pixels = images.reshape(len(images) * 1024, -1)
   out = np.zeros(images.shape, np.float64)
   for i in range(width):
-    r = np.clip(rows[None, :, None] + dy[:, i, None, None], 0, 31)
-    k = np.clip(cols[None, None, :] + dx[:, i, None, None], 0, 31)
-    out += weights[i] * images[n, r, k]
+    r = np.clip(rows + dy[:, i, None, None], 0, 31)
+    k = np.clip(cols + dx[:, i, None, None], 0, 31)
+    out += weights[i] * pixels[base + r * 32 + k].reshape(images.shape)
   return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
