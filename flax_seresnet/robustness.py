@@ -42,6 +42,10 @@ def evaluate_robustness(config, workdir=None, checkpoint: str = 'latest', torch_
   model, variables, card = inference.load_model(config, workdir, checkpoint, torch_checkpoint)
   images, labels = input_pipeline.load_dataset(config, splits=('test',))[2:]
   names = official.names if official else input_pipeline.CORRUPTIONS
+  if official and (len(official.labels) != len(labels) or (official.labels != labels).any()):
+    logging.warning('robustness: the labels of %s are not those of the test set (%d vs %d '
+                    'images): clean and corrupted accuracies are of different images.',
+                    input_dir, len(official.labels), len(labels))
   sets = _sets(images, labels, names, official, config.seed)
   evaluators = {}
 

@@ -105,7 +105,8 @@ def shot_noise(images, c, rng):
 
 
 def impulse_noise(images, c, rng):
-  """skimage's random_noise(mode='s&p'): each value, with probability c, becomes 0 or 1."""
+  """skimage's random_noise(mode='s&p') as of 0.14: each value (channels apart), with
+  probability c, becomes 0 or 1, each half the time."""
   x = _unit(images)
   flipped = rng.random(x.shape) <= c
   salted = rng.random(x.shape) <= 0.5
@@ -292,7 +293,9 @@ def spatter(images, c, rng):
 def _water_shading(liquid: np.ndarray) -> np.ndarray:
   """The script's OpenCV chain for the water's look: Canny edges of the liquid layer, the
   distance to them (exact Euclidean here; OpenCV's 5 x 5 mask approximates it) capped at 20,
-  a 3 x 3 box blur, histogram equalisation, an emboss kernel saturated to uint8, a box blur."""
+  a 3 x 3 box blur, histogram equalisation, an emboss kernel saturated to uint8, a box blur.
+  The liquid is clipped to [0, 1] before its uint8 copy (the script's cast would wrap above 1,
+  which its constants make all but impossible)."""
   edges = _canny((np.clip(liquid, 0, 1) * 255).astype(np.uint8), 50, 150)
   # Distances along the batch axis are scaled out of reach: each image on its own.
   dist = ndi.distance_transform_edt(~edges, sampling=(1e4, 1, 1))
@@ -424,13 +427,13 @@ def elastic_transform(images, c, rng):
   n = len(x)
   source = np.float32([[26, 26], [26, 6], [6, 6]])  # centre 16 +- 32 // 3, as (x, y)
   target = source + rng.uniform(-shift, shift, size=(n, 3, 2)).astype(np.float32)
-  # The affine map source -> target; warpAffine samples the source at its inverse.
+  # warpAffine samples the source at the inverse of the map source -> target: solve for it.
   ones = np.ones((n, 3, 1))
-  forward = np.linalg.solve(np.concatenate([target, ones], axis=2),
-                            np.broadcast_to(source, (n, 3, 2)))  # target -> source, (3, 2)
+  inverse = np.linalg.solve(np.concatenate([target, ones], axis=2),
+                            np.broadcast_to(source, (n, 3, 2)))  # (n, 3, 2)
   rows, cols = np.mgrid[0:32, 0:32].astype(np.float64)
   points = np.stack([cols, rows, np.ones_like(rows)], axis=-1).reshape(-1, 3)
-  src = points @ forward  # (n, 1024, 2): x, y in the source
+  src = points @ inverse  # (n, 1024, 2): x, y in the source
   x = _sample(x, src[..., 1].reshape(n, 32, 32), src[..., 0].reshape(n, 32, 32), 'mirror')
   dx = _gaussian(rng.uniform(-1, 1, size=(n, 32, 32)), sigma, 'reflect', 3) * alpha
   dy = _gaussian(rng.uniform(-1, 1, size=(n, 32, 32)), sigma, 'reflect', 3) * alpha
