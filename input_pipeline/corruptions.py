@@ -63,6 +63,9 @@ def corrupt(images: np.ndarray, name: str, severity: int, seed: int = 0) -> np.n
   """`images` (uint8, N x 32 x 32 x 3) with corruption `name` at `severity` (1..5): uint8, same
   shape. The same (images, name, severity, seed) always give the same result."""
   images = np.asarray(images)
+  if name == 'frost':
+    raise ValueError("frost is not generated: it blends crops of the paper's frost photographs, "
+                     'which this project does not have; the official frost.npy can be read')
   if name not in _FUNCTIONS:
     raise ValueError(f'unknown corruption {name!r}: one of {", ".join(CORRUPTIONS)}')
   if severity not in SEVERITIES or isinstance(severity, bool):

@@ -130,7 +130,8 @@ def test_one_stream_per_chunk(monkeypatch):
 
 
 @pytest.mark.parametrize('args,needle', [
-    ((IMAGES, 'frost', 1), "unknown corruption 'frost'"),
+    ((IMAGES, 'frost', 1), 'frost is not generated'),
+    ((IMAGES, 'Fog', 1), "unknown corruption 'Fog'"),
     ((IMAGES, 'fog', 0), 'severity 0'),
     ((IMAGES, 'fog', True), 'severity True'),
     ((IMAGES.astype(np.float32), 'fog', 1), 'float32'),

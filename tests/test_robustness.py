@@ -10,7 +10,7 @@ import pytest
 
 from flax_seresnet import robustness
 from flax_seresnet.errors import Interrupted
-from input_pipeline import CORRUPTIONS, load_cifar10
+from input_pipeline import CORRUPTIONS
 from tests.test_cifar10c import write_cifar10c
 from tests.test_cli import TINY, assert_log_then_one_error, run_cli
 
@@ -122,4 +122,3 @@ def test_a_stop_between_evaluations_writes_nothing(trained, learnable_cifar10_di
     robustness.evaluate_robustness(config, workdir, output_dir=str(tmp_path / 'out'), stop=stop,
                                    progress=False)
   assert not list((tmp_path / 'out').iterdir())
-  assert len(load_cifar10(learnable_cifar10_dir, train=False).test_labels) == 128
