@@ -8,6 +8,7 @@
   python main.py --config configs/seresnet.py --workdir runs/seresnet --mode predict \\
       --input photos/ --output predictions.csv
   python main.py --config configs/seresnet.py --workdir runs/seresnet --mode export --output model/
+  python main.py --config configs/seresnet.py --workdir runs/seresnet --mode robustness --output rob/
   python main.py --list_config [--config ...]     every setting, its value and meaning
 
 Results go to stdout (the summary line, test_accuracy=..., predictions); the log goes to stderr
@@ -29,7 +30,7 @@ from ml_collections import ConfigDict, config_flags
 from flax_seresnet import streams
 
 USAGE = __doc__
-MODES = ('train', 'eval', 'predict', 'export')
+MODES = ('train', 'eval', 'predict', 'export', 'robustness')
 HELP_FLAGS = ('-h', '--help', '-help', '--helpshort', '-?')
 
 FLAGS = flags.FLAGS
@@ -38,7 +39,8 @@ config_flags.DEFINE_config_file(
     'name (seresnet, fast, smoke). Any setting can be overridden with --config.KEY=VALUE; '
     '--list_config lists them all.', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Folder for checkpoints, metrics, plots and run.log.')
-flags.DEFINE_enum('mode', 'train', MODES, 'What to do.')
+flags.DEFINE_enum('mode', 'train', MODES, 'What to do (robustness: accuracy under the CIFAR-10-C '
+                  'corruptions, generated or read from --input, into the folder --output).')
 flags.DEFINE_enum('checkpoint', 'latest', ['latest', 'best'],
                   'eval/predict/export: which checkpoint of --workdir to use.')
 flags.DEFINE_string('torch_checkpoint', None,
@@ -46,7 +48,8 @@ flags.DEFINE_string('torch_checkpoint', None,
                     '--workdir.')
 flags.DEFINE_string('input', None, 'predict: the unlabeled pickle {data, ids}, an image file '
                     '(PNG, JPEG, BMP, WebP, GIF, TIFF), a folder or a .txt list of them.')
-flags.DEFINE_string('output', None, 'predict: the CSV to write; export: the folder to write.')
+flags.DEFINE_string('output', None, 'predict: the CSV to write; export, robustness: the folder '
+                    'to write.')
 flags.DEFINE_integer('top_k', 3, 'predict: show the top K classes of the first few inputs.',
                      lower_bound=0)
 flags.DEFINE_bool('list_config', False, 'Print every setting (of --config, else the defaults) '
@@ -172,9 +175,9 @@ def _check_mode_flags():
   if mode == 'predict' and not (FLAGS.input and FLAGS.output):
     raise ConfigError('--mode predict needs --input (a pickle, images or a folder) and '
                       '--output CSV.')
-  if mode == 'export' and not FLAGS.output:
-    raise ConfigError('--mode export needs --output FOLDER.')
-  if mode in ('eval', 'predict', 'export') and not (FLAGS.workdir or FLAGS.torch_checkpoint):
+  if mode in ('export', 'robustness') and not FLAGS.output:
+    raise ConfigError(f'--mode {mode} needs --output FOLDER.')
+  if mode in ('eval', 'predict', 'export', 'robustness') and not (FLAGS.workdir or FLAGS.torch_checkpoint):
     raise ConfigError(f'--mode {mode} needs --workdir (a training run) or --torch_checkpoint '
                       'PATH.')
   if mode == 'predict':
@@ -211,6 +214,11 @@ def run_mode(config, stop, results):
     for name, best in top:
       print(f'{name}: ' + ', '.join(f'{c} {100 * p:.1f}%' for c, p in best), file=results)
     print(f'wrote {rows} predictions to {FLAGS.output}', file=results)
+  elif FLAGS.mode == 'robustness':
+    from flax_seresnet import robustness  # pylint: disable=import-outside-toplevel
+    print(robustness.evaluate_robustness(config, FLAGS.workdir, FLAGS.checkpoint,
+                                         FLAGS.torch_checkpoint, FLAGS.input, FLAGS.output, stop,
+                                         config.progress_bar), file=results)
   else:
     from flax_seresnet import export  # pylint: disable=import-outside-toplevel
     card = export.export(config, FLAGS.output, FLAGS.workdir, FLAGS.checkpoint,

@@ -2,6 +2,7 @@
 it on the test set, and predict labels for unlabeled images into a CSV.
 
   evaluate(config, workdir)                 test loss and accuracy (%) of a saved model
+  evaluator(config, model, variables, n)    the same evaluation for any n uint8 images + labels
   predict(config, input, output, workdir)   ID,Labels predictions for an unlabeled pickle
 """
 import csv
@@ -109,18 +110,30 @@ def evaluate(config, workdir=None, which: str = 'latest', torch_checkpoint=None,
   config_lib.validate(config)
   model, variables, _ = load_model(config, workdir, which, torch_checkpoint)
   images, labels = input_pipeline.load_dataset(config, splits=('test',))[2:]
-  dp, plan, settings = _setup(config, model, len(labels))
-  sums = run_batches(dp, plan, dp.compile_eval(functools.partial(steps.eval_step, **settings)),
-                     dp.replicate(variables),
-                     dp.replicate({'images': images, 'labels': labels}),
-                     config.progress_bar, stop)
-  totals = {k: float(jnp.stack([s[k] for s in sums]).sum()) for k in sums[0]}
-  result = {'loss': totals['loss_sum'] / totals['count'],
-            'accuracy': 100.0 * totals['correct'] / totals['count']}
-  if not np.isfinite(result['loss']):
-    raise CheckpointError('the test loss is NaN or infinite: the model is broken; use another '
-                          'checkpoint.')
-  return result
+  return evaluator(config, model, variables, len(labels))(images, labels, stop)
+
+
+def evaluator(config, model, variables, count: int):
+  """`evaluate_images(images, labels, stop, progress)`: loss, accuracy (%) and count of the
+  model on `count` uint8 NHWC images and their labels. Compiled once for any number of sets of
+  that size (a new step function would compile again)."""
+  dp, plan, settings = _setup(config, model, count)
+  step = dp.compile_eval(functools.partial(steps.eval_step, **settings))
+  replicated = dp.replicate(variables)
+
+  def evaluate_images(images, labels, stop=interrupt.NEVER, progress=None) -> dict:
+    sums = run_batches(dp, plan, step, replicated,
+                       dp.replicate({'images': images, 'labels': labels}),
+                       config.progress_bar if progress is None else progress, stop)
+    totals = {k: float(jnp.stack([s[k] for s in sums]).sum()) for k in sums[0]}
+    result = {'loss': totals['loss_sum'] / totals['count'],
+              'accuracy': 100.0 * totals['correct'] / totals['count'],
+              'count': int(totals['count'])}
+    if not np.isfinite(result['loss']):
+      raise CheckpointError('the test loss is NaN or infinite: the model is broken; use another '
+                            'checkpoint.')
+    return result
+  return evaluate_images
 
 
 def probabilities(config, model, variables, images: np.ndarray, stop=interrupt.NEVER):

@@ -11,6 +11,8 @@ from input_pipeline.augment import (CIFAR10_MEAN, CIFAR10_STD, PAD_MODES, apply_
 from input_pipeline.batching import BatchPlan, epoch_permutation
 from input_pipeline import images
 from input_pipeline.cifar10 import CLASS_NAMES, Cifar10, class_names, load_cifar10, load_unlabeled
+from input_pipeline.cifar10c import Cifar10C, load_corruption, open_cifar10c
+from input_pipeline.corruptions import CORRUPTIONS, SEVERITIES, corrupt
 from input_pipeline import dataset
 from input_pipeline.dataset import check_cifar10_folder, load_dataset
 from input_pipeline.errors import DataError
