@@ -20,7 +20,7 @@ PROJECT = tomllib.loads((REPO / 'pyproject.toml').read_text())['project']
 DISTRIBUTIONS = {'jax': 'jax', 'flax': 'flax', 'optax': 'optax', 'orbax': 'orbax-checkpoint',
                  'ml_collections': 'ml_collections', 'absl': 'absl-py', 'numpy': 'numpy',
                  'tqdm': 'tqdm', 'matplotlib': 'matplotlib', 'tensorboardX': 'tensorboardX',
-                 'PIL': 'pillow'}
+                 'PIL': 'pillow', 'scipy': 'scipy'}
 OPTIONAL = {'torch': 'torch', 'tensorflow_datasets': 'tfds', 'onnx': 'onnx',
             'onnxruntime': 'onnx'}
 
