@@ -113,6 +113,8 @@ def write_report(runs, args):
   lines = [f'# PyTorch reference vs flax-seresnet: {args.epochs} epochs, {args.seeds} seeds a side',
            '', f"Recipe: configs/seresnet.py, cosine T_max={args.cosine_epochs or args.epochs}, "
            f"device {runs['jax'][0]['device']}.", '',
+           *(['A tiny network and few epochs (--small): these figures check the script; they '
+              'compare neither accuracy nor speed.', ''] if args.small else []),
            '| side | seed | final test acc | best test acc | training + eval s | train img/s |',
            '|---|---|---|---|---|---|']
   for side, label in (('torch', 'PyTorch'), ('jax', 'JAX')):

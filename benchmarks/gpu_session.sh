@@ -1,25 +1,33 @@
 #!/usr/bin/env bash
-# The project's GPU runs, in parts made back to back on one warm machine (/root survives between
-# calls while the machine is held; carried folders do not). Run from the repository root:
-#   bash benchmarks/gpu_session.sh prepare     # HERE, before the first call: .gpu-data/{a,b,c,d}
-#                                              # (real CIFAR-10 split to fit the 64 MiB a call
-#                                              # carries, and the shifted set) and .whl/
-#   bash benchmarks/gpu_session.sh a|b|c       # carry .gpu-data/a, b, c: two batch files each
-#   bash benchmarks/gpu_session.sh published1  # issue 22: configs/seresnet.py epochs 1-100
+# The project's GPU measurements (the README's GPU tables), in parts, each one command on the
+# GPU machine, run from the repository root. The parts keep their state (the data, the runs,
+# the compilation cache) under $ROOT ($HOME/flax-seresnet-gpu by default), so that a later part
+# continues where an earlier one stopped, as long as the machine is the same.
+#   bash benchmarks/gpu_session.sh prepare     # on the machine that has the data, before the
+#                                              # rest: splits CIFAR-10 into .gpu-data/{a,b,c}
+#                                              # (two batch files each, under 64 MB a part, for
+#                                              # a machine that takes files in small loads), the
+#                                              # shifted set into .gpu-data/d, and the two
+#                                              # wheels the GPU machine lacks into .whl/
+#   bash benchmarks/gpu_session.sh a|b|c|d     # on the GPU machine: puts that part of the data
+#                                              # in place (d: the shifted set)
+#   bash benchmarks/gpu_session.sh published1  # configs/seresnet.py epochs 1-100
 #   bash benchmarks/gpu_session.sh published2  # epochs 101-200, then shifted-set predictions,
-#                                              # plain and flip-TTA (carry .gpu-data/d)
+#                                              # plain and flip-TTA (needs part d)
 #   bash benchmarks/gpu_session.sh fast        # configs/fast.py seed 0 + its shifted predictions
-#   bash benchmarks/gpu_session.sh parity      # issue 23: compare.py 20 epochs x 3 seeds a side
-#   bash benchmarks/gpu_session.sh speed       # issue 23: today's train step beside PyTorch eager
-#                                              # fp32 b128 and torch.compile bf16 b512 (one call),
+#   bash benchmarks/gpu_session.sh parity      # compare.py 20 epochs x 3 seeds a side
+#   bash benchmarks/gpu_session.sh speed       # today's train step beside PyTorch eager fp32
+#                                              # b128 and torch.compile bf16 b512 (one run),
 #                                              # one- vs two-pass variance, epoch loop vs step
-#   bash benchmarks/gpu_session.sh ablate      # issue 24: one change at a time vs configs/fast.py
-# Logs and CSVs go to $OUT (./gpu_out by default): copy them to docs/results/.
+#   bash benchmarks/gpu_session.sh ablate      # one change at a time vs configs/fast.py
+# Data for prepare: $CIFAR10_DATA_DIR (the python batches' folder) and $SHIFTED (the shifted
+# set's pickle); without them, a checkout's ../shared/data. Logs and CSVs go to $OUT (./gpu_out
+# by default): copy them to docs/results/.
 # SMALL=1 runs every part at a tiny scale (a CPU check of this script; DATA=folder of batches).
 set -euo pipefail  # a part that fails says so in its exit status
-part=${1:?part: prepare, a, b, c, published1, published2, fast, parity, speed or ablate}
-OUT=${OUT:-gpu_out}; ROOT=${ROOT:-/root}; DATA=${DATA:-$ROOT/cifar}
-mkdir -p "$OUT" "$DATA" "$ROOT/site" "$ROOT/runs"
+part=${1:?part: prepare, a, b, c, d, published1, published2, fast, parity, speed or ablate}
+OUT=${OUT:-gpu_out}; ROOT=${ROOT:-$HOME/flax-seresnet-gpu}; DATA=${DATA:-$ROOT/cifar}
+[ "$part" = prepare ] || mkdir -p "$OUT" "$DATA" "$ROOT/site" "$ROOT/runs"
 export PYTHONUNBUFFERED=1 PYTHONPATH=$ROOT/site:$PWD
 export JAX_COMPILATION_CACHE_DIR=$ROOT/jax_cache   # later parts and seeds reuse compilations
 export XLA_PYTHON_CLIENT_PREALLOCATE=false
@@ -46,17 +54,23 @@ shifted=$DATA/cifar10_shifted_nolabels.pkl
 
 case $part in
 prepare)
-  S=${SHARED:-../shared}/data
+  batches=${CIFAR10_DATA_DIR:-../shared/data/cifar-10-batches-py}
+  shifted_in=${SHIFTED:-../shared/data/shifted/cifar10_shifted_nolabels.pkl}
+  for f in "$batches"/{data_batch_{1,2,3,4,5},test_batch,batches.meta} "$shifted_in"; do
+    [ -f "$f" ] || { echo "prepare: $f is missing: set CIFAR10_DATA_DIR (the folder of" \
+                       "data_batch_1..5, test_batch) and SHIFTED (the shifted set's pickle)" >&2
+                     exit 2; }
+  done
   mkdir -p .gpu-data/a .gpu-data/b .gpu-data/c .gpu-data/d .whl
   grep -qx '/.gpu-data/' .git/info/exclude 2>/dev/null || echo /.gpu-data/ >> .git/info/exclude
-  cp $S/cifar-10-batches-py/data_batch_[12] .gpu-data/a/
-  cp $S/cifar-10-batches-py/data_batch_[34] .gpu-data/b/
-  cp $S/cifar-10-batches-py/{data_batch_5,test_batch,batches.meta} .gpu-data/c/
-  cp $S/shifted/cifar10_shifted_nolabels.pkl .gpu-data/d/
+  cp "$batches"/data_batch_[12] .gpu-data/a/
+  cp "$batches"/data_batch_[34] .gpu-data/b/
+  cp "$batches"/{data_batch_5,test_batch,batches.meta} .gpu-data/c/
+  cp "$shifted_in" .gpu-data/d/
   $PY -m pip download -q --no-deps --only-binary=:all: -d .whl ml_collections tensorboardX
   du -sh .gpu-data/* .whl
   ;;
-a|b|c)
+a|b|c|d)
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
   ls "$DATA"
   ;;

@@ -58,6 +58,10 @@ def runners(small: bool):
           'PyTorch eager (twin)': torch_eager}
 
 
+SMALL_NOTE = ('a tiny network at a tiny scale (--small): these ratios check the script; they '
+              'measure neither framework')
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--batch', type=int, default=256)
@@ -72,7 +76,8 @@ def main(argv=None):
   reference = rows['PyTorch eager (twin)']
   device = jax.devices()[0].device_kind
   print(f'\nInference on {device} ({os.cpu_count()} CPUs seen), '
-        f'{"small" if args.small else "published"} network, batch {args.batch}')
+        f'{"small network, " + SMALL_NOTE if args.small else "published network"}, '
+        f'batch {args.batch}')
   print('| runtime | images/s | vs PyTorch eager | one image, ms | vs PyTorch eager |')
   print('|---|---|---|---|---|')
   for name, (rate, latency) in rows.items():

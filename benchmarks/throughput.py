@@ -198,7 +198,9 @@ def main():
 
   reference = next((r['img_per_s'] for r in rows
                     if r['framework'] == 'torch' and r['variant'] == 'eager_fp32'), None)
-  print(f'\nTrain-step throughput on {device} ({"small network" if args.small else "published network"})')
+  network = ('small network, few steps: these ratios check the script; they measure neither '
+             'framework' if args.small else 'published network')
+  print(f'\nTrain-step throughput on {device} ({network})')
   print("| framework | variant | batch | img/s | vs PyTorch published | note |")
   print('|---|---|---|---|---|---|')
   for r in rows:

@@ -166,7 +166,8 @@ def parse_flags(argv):
 
 
 def _check_mode_flags():
-  """The flags each mode needs, checked before any model loads or data is read."""
+  """The flags each mode needs, checked before any model loads or data is read (a mistake
+  found after minutes of work is a minute lost)."""
   from flax_seresnet import files  # pylint: disable=import-outside-toplevel
   from flax_seresnet.errors import ConfigError  # pylint: disable=import-outside-toplevel
   mode = FLAGS.mode
@@ -177,7 +178,7 @@ def _check_mode_flags():
                       '--output CSV.')
   if mode in ('export', 'robustness') and not FLAGS.output:
     raise ConfigError(f'--mode {mode} needs --output FOLDER.')
-  if mode in ('eval', 'predict', 'export', 'robustness') and not (FLAGS.workdir or FLAGS.torch_checkpoint):
+  if mode != 'train' and not (FLAGS.workdir or FLAGS.torch_checkpoint):
     raise ConfigError(f'--mode {mode} needs --workdir (a training run) or --torch_checkpoint '
                       'PATH.')
   if mode == 'predict':
@@ -209,11 +210,15 @@ def run_mode(config, stop, results):
                                 stop)
     print(f'test_accuracy={result["accuracy"]:.2f}', file=results)
   elif FLAGS.mode == 'predict':
+    skipped = []
     rows, top = inference.predict(config, FLAGS.input, FLAGS.output, FLAGS.workdir,
-                                  FLAGS.checkpoint, FLAGS.torch_checkpoint, stop, FLAGS.top_k)
+                                  FLAGS.checkpoint, FLAGS.torch_checkpoint, stop, FLAGS.top_k,
+                                  skipped=skipped)
     for name, best in top:
       print(f'{name}: ' + ', '.join(f'{c} {100 * p:.1f}%' for c, p in best), file=results)
-    print(f'wrote {rows} predictions to {FLAGS.output}', file=results)
+    print(f'wrote {rows} predictions to {FLAGS.output}' + (
+        f'; {len(skipped)} file{"s" * (len(skipped) > 1)} skipped, each named on stderr with '
+        'the reason (`warning: skipped: ...`)' if skipped else ''), file=results)
   elif FLAGS.mode == 'robustness':
     from flax_seresnet import robustness  # pylint: disable=import-outside-toplevel
     print(robustness.evaluate_robustness(config, FLAGS.workdir, FLAGS.checkpoint,
@@ -230,7 +235,8 @@ def run_mode(config, stop, results):
 def _work(stop, results):
   """Validates, then runs the mode, several processes watching each other; ends with one line
   and the documented exit code on a known error (kept in run.log too, when training)."""
-  from flax_seresnet import config as config_lib, parallel  # pylint: disable=import-outside-toplevel
+  from flax_seresnet import config as config_lib  # pylint: disable=import-outside-toplevel
+  from flax_seresnet import parallel  # pylint: disable=import-outside-toplevel
   from flax_seresnet.errors import ERRORS, Interrupted  # pylint: disable=import-outside-toplevel
   watch = None
   with contextlib.ExitStack() as stack:

@@ -15,8 +15,8 @@ from flax_seresnet import storage
 from flax_seresnet.errors import UserError
 
 # A workdir's own files and folders: never an --output.
-RUN_FILES = ('.lock', 'run.log', 'config.json', 'metrics.jsonl', 'curves.png', 'checkpoints', 'tensorboard',
-             'damaged_checkpoints')
+RUN_FILES = ('.lock', 'run.log', 'config.json', 'metrics.jsonl', 'curves.png', 'checkpoints',
+             'tensorboard', 'damaged_checkpoints')
 
 
 def resolve_output(path: str, what: str = '--output') -> str:
@@ -47,10 +47,11 @@ def _same_file(a: str, b: str) -> bool:
     return False
 
 
-def check_target(path: str, what: str, protect=(), workdir=None) -> None:
+def check_target(path: str, what: str, protect=(), workdir=None, follow_link=False) -> None:
   """Refuses a target that is not a regular file, is one of `protect` (an input of the run),
-  or is a file of the run in `workdir`."""
-  target = resolve_output(path, what)
+  or is a file of the run in `workdir`. With `follow_link` (a path the user named) a link's
+  target is the one checked; else a link is what gets replaced."""
+  target = resolve_output(path, what) if follow_link else path
   if os.path.isdir(target) or (os.path.exists(target) and not os.path.isfile(target)):
     raise UserError(f'{what} {path} is not a regular file (a folder, a device or a FIFO): give '
                     'the path of a file to write.')
@@ -65,18 +66,23 @@ def check_target(path: str, what: str, protect=(), workdir=None) -> None:
       raise UserError(f'{what} {path} is a file of the run in {workdir}: give another path.')
 
 
-def write_file(path: str, content, what: str = 'output', protect=(), workdir=None) -> None:
-  """Writes `content` (str or bytes) to `path` (the target of a link: the link stays)
-  atomically; UserError in one line on failure."""
-  check_target(path, what, protect, workdir)
-  path = resolve_output(path, what)  # written beside the real target: the link stays
+def write_file(path: str, content, what: str = 'output', protect=(), workdir=None,
+               follow_link=False) -> None:
+  """Writes `content` (str or bytes) to `path` atomically; UserError in one line on failure.
+  A link there is replaced by the file (a run's own files never write through a planted
+  link), or, with `follow_link` (a path the user named, such as --output), its target is
+  written and the link stays."""
+  check_target(path, what, protect, workdir, follow_link)
+  if follow_link:
+    path = resolve_output(path, what)  # written beside the real target
   folder = os.path.dirname(os.path.abspath(path))
   tmp = None
   try:
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f'.{os.path.basename(path)}.', suffix='.tmp')
     with os.fdopen(fd, 'wb') as f:
       os.fchmod(fd, 0o644)
-      f.write(content.encode() if isinstance(content, str) else content)
+      # A file name that is not UTF-8 (in a CSV) is written as the bytes it is.
+      f.write(content.encode(errors='surrogateescape') if isinstance(content, str) else content)
       f.flush()
       os.fsync(fd)
     os.replace(tmp, path)

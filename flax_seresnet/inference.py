@@ -146,25 +146,31 @@ def probabilities(config, model, variables, images: np.ndarray, stop=interrupt.N
   return rows[:len(images)]
 
 
-def _inputs(input_path: str):
+def _inputs(input_path: str, skipped: list):
   """(uint8 images, their names, whether they came from a pickle) of --input: images or a
-  pickle by its content and name (input_pipeline.images.input_kind), never by a guess."""
+  pickle by its content and name (input_pipeline.images.input_kind), never by a guess. Each
+  image file skipped is logged, and its line added to `skipped`."""
+  def report(line):
+    skipped.append(line)
+    logging.warning(line)
   if input_pipeline.images.input_kind(input_path) == 'images':
-    images, paths = input_pipeline.load_images(input_path, report=logging.warning)
+    images, paths = input_pipeline.load_images(input_path, report=report)
     return images, [str(p) for p in paths], False
   images, ids = input_pipeline.load_unlabeled(input_path)
   return images, [i.decode('latin-1') if isinstance(i, bytes) else i for i in ids.tolist()], True
 
 
 def predict(config, input_path: str, output_csv: str, workdir=None, which: str = 'latest',
-            torch_checkpoint=None, stop=interrupt.NEVER, top_k: int = 3, show: int = 5):
+            torch_checkpoint=None, stop=interrupt.NEVER, top_k: int = 3, show: int = 5,
+            skipped=None):
   """Writes the predictions for an unlabeled pickle (`ID,Labels`) or image files
   (`path,label,class_name,probability`) into `output_csv`. Returns (the number of rows, the
-  `top_k` classes and probabilities of the first `show` inputs)."""
+  `top_k` classes and probabilities of the first `show` inputs); the files that could not be
+  read are logged, each with its reason, and added to the list `skipped` when given."""
   config_lib.validate(config)
   inputs = (*input_pipeline.images.input_files(input_path), torch_checkpoint)
-  files.check_target(output_csv, '--output', protect=inputs, workdir=workdir)
-  images, names, from_pickle = _inputs(input_path)
+  files.check_target(output_csv, '--output', protect=inputs, workdir=workdir, follow_link=True)
+  images, names, from_pickle = _inputs(input_path, [] if skipped is None else skipped)
   model, variables, _ = load_model(config, workdir, which, torch_checkpoint)
   probs = probabilities(config, model, variables, images, stop)
   labels, classes = probs.argmax(-1), input_pipeline.CLASS_NAMES
@@ -178,7 +184,8 @@ def predict(config, input_path: str, output_csv: str, workdir=None, which: str =
     writer.writerows((name, int(label), classes[label], f'{probs[i, label]:.6f}')
                      for i, (name, label) in enumerate(zip(names, labels)))
   if jax.process_index() == 0:
-    files.write_file(output_csv, text.getvalue(), '--output', protect=inputs, workdir=workdir)
+    files.write_file(output_csv, text.getvalue(), '--output', protect=inputs, workdir=workdir,
+                     follow_link=True)
   top = [(name, [(classes[c], float(probs[i, c])) for c in np.argsort(-probs[i])[:top_k]])
          for i, name in enumerate(names[:show])]
   return len(names), top if top_k else []

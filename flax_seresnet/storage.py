@@ -128,8 +128,9 @@ def quiet_background() -> None:
     logging.getLogger(name).addFilter(drop)
   thread_hook, unraisable_hook = threading.excepthook, sys.unraisablehook
 
-  def threads(args):
-    if not problem(args.exc_value):
+  def threads(args):  # once a failure was seen, a thread's error is its straggler (orbax's
+    # threads then meet an executor that shut down as the process ends)
+    if not (_failed.is_set() or problem(args.exc_value)):
       thread_hook(args)
 
   def unraisable(args):  # e.g. an event loop that EMFILE stopped half-built, collected later

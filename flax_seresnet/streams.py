@@ -64,7 +64,8 @@ def results():
   global _results  # pylint: disable=global-statement
   if _results is None:
     sys.stdout.flush()
-    _results = _Tolerant(os.fdopen(os.dup(1), 'w', buffering=1))
+    # A file name that is not UTF-8 goes out as the bytes it is (Python decoded it that way).
+    _results = _Tolerant(os.fdopen(os.dup(1), 'w', buffering=1, errors='surrogateescape'))
     os.dup2(2, 1)
   return _results
 
@@ -124,7 +125,7 @@ def log_file(path: str):
   except OSError:
     yield
     return
-  stream = os.fdopen(fd, 'a', buffering=1)
+  stream = os.fdopen(fd, 'a', buffering=1, errors='backslashreplace')
   if not stat.S_ISREG(os.fstat(fd).st_mode):
     stream.close()
     yield

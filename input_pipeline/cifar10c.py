@@ -84,7 +84,7 @@ def _load(path: pathlib.Path, what: str, max_data: int) -> np.ndarray:
   if size > max_data + _HEADER:
     raise DataError(f'{what} {path} is {size} bytes, more than the {max_data + _HEADER} its '
                     f'layout needs: {_FIX}')
-  data = read_file(path, what)  # regular files only, read for the size they have
+  data = read_file(path, what, 'array')  # regular files only, bounded
   try:
     return np.load(io.BytesIO(data), allow_pickle=False)
   except (ValueError, EOFError, OSError) as e:

@@ -22,6 +22,8 @@ LIMITS = {
     'model': 512 * MiB,  # an exported artifact, an ONNX model, a PyTorch checkpoint
     'pickle': 1024 * MiB,  # a CIFAR-10 batch, the meta file, an unlabeled set
     'download': 1024 * MiB,  # the CIFAR-10 tarball is 163 MiB
+    'array': 256 * MiB,  # a CIFAR-10-C .npy: 50,000 images, 154 MB (each is also held to its
+                         # layout's size by input_pipeline/cifar10c.py)
 }
 
 

@@ -135,6 +135,9 @@ def read_image(path: pathlib.Path) -> np.ndarray:
     return np.asarray(image, np.uint8)
   except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
     raise DataError(f'image {path} is refused: {one_line(e)}') from None
+  except Image.UnidentifiedImageError:  # its message names the in-memory copy, not the file
+    raise DataError(f'image {path} is not an image Pillow can read (PNG, JPEG, BMP, WebP, GIF, '
+                    'TIFF)') from None
   except Exception as e:  # pylint: disable=broad-except  # Pillow raises many types
     raise DataError(f'image {path} cannot be read ({type(e).__name__}: {one_line(e)})') from None
 

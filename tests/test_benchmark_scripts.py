@@ -1,8 +1,7 @@
 """The JAX-only benchmark scripts at a tiny scale on the CPU (the GPU runs use the same code)."""
-import pathlib
 import sys
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+from tests.harness import REPO  # noqa: E402
 if str(REPO) not in sys.path:
   sys.path.insert(0, str(REPO))
 

@@ -12,32 +12,7 @@ import pytest
 
 from flax_seresnet import config as config_lib
 from tests import fake_data
-from tests.train_helpers import REPO
-
-LOG_LINE = re.compile(r'^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d (warning: )?\S')
-# The tiny network of tests/train_helpers.py, through the smoke config (its compilations are
-# cached across the session).
-TINY = ['--config', 'configs/smoke.py', '--config.model.widths=(8,16,16)',
-        '--config.batch_size=64', '--config.train_subset=0', '--config.eval_batch_size=64',
-        '--config.num_devices=1']
-
-
-def run_cli(*args, timeout=300, env=None, cwd=REPO):
-  env = {**os.environ, 'PYTHONPATH': str(REPO), 'JAX_PLATFORMS': 'cpu', **(env or {})}
-  return subprocess.run([sys.executable, str(REPO / 'main.py'), *map(str, args)],
-                        capture_output=True, text=True, env=env, timeout=timeout, cwd=cwd)
-
-
-def assert_log_then_one_error(result, code: int, needle: str, prefix: str = 'error: '):
-  """stdout empty; stderr: log lines (each with its time), then one error line, then nothing."""
-  assert result.returncode == code, (result.returncode, result.stderr[-3000:])
-  assert result.stdout == ''
-  lines = result.stderr.splitlines()
-  assert result.stderr.endswith('\n') and lines[-1].startswith(prefix), result.stderr[-3000:]
-  assert needle in lines[-1], lines[-1]
-  assert all(LOG_LINE.match(line) for line in lines[:-1]), result.stderr[-3000:]
-  assert 'Traceback' not in result.stderr
-
+from tests.harness import LOG_LINE, REPO, TINY, assert_log_then_one_error, run_cli  # noqa: F401
 
 def test_train_eval_and_predict_print_their_result_alone_on_stdout(learnable_cifar10_dir,
                                                                    tmp_path):

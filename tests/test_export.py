@@ -12,7 +12,7 @@ import pytest
 from flax_seresnet import export, inference, steps, train
 from flax_seresnet.errors import CheckpointError
 from tests import fake_data
-from tests.test_cli import run_cli, TINY
+from tests.harness import run_cli, TINY
 from tests.train_helpers import tiny_config
 
 

@@ -16,9 +16,7 @@ import pytest
 
 from flax_seresnet import export, train
 from flax_seresnet.errors import UserError
-from tests.test_cli import LOG_LINE, TINY
-from tests.test_files import fill, needs_mounts
-from tests.test_signals import Run
+from tests.harness import LOG_LINE, TINY, Run, fill, needs_mounts
 from tests.train_helpers import REPO, tiny_config
 
 NO_SPACE = 'could not write the export {target} (No space left on device): free some space;'
@@ -55,16 +53,6 @@ def models(learnable_cifar10_dir, tmp_path_factory):
              root / 'other.pth')
   export.export(tiny_config(), str(root / 'older'), torch_checkpoint=str(root / 'other.pth'))
   return root
-
-
-@pytest.fixture(scope='module')
-def no_torch(tmp_path_factory):
-  """A PYTHONPATH without torch (and so without ONNX): the faults' cases are seconds faster."""
-  folder = tmp_path_factory.mktemp('no_torch')
-  (folder / 'torch').mkdir()
-  (folder / 'torch' / '__init__.py').write_text(
-      "raise ImportError('no torch here', name='torch')\n")
-  return f'{folder}:{REPO}'
 
 
 def contents(folder) -> dict:

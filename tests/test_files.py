@@ -16,29 +16,9 @@ from flax_seresnet import inference, train
 from flax_seresnet.errors import UserError
 from input_pipeline import DataError, load_cifar10, load_unlabeled
 from tests import fake_data
-from tests.test_cli import TINY, assert_log_then_one_error, run_cli
-from tests.test_signals import Run, data_dir, flags, uninterrupted  # noqa: F401  (fixtures)
+from tests.harness import (Run, TINY, assert_log_then_one_error, fill, flags, needs_mounts,
+                           run_cli)
 from tests.train_helpers import REPO, tiny_config
-
-
-def can_mount() -> bool:
-  probe = subprocess.run(['unshare', '-m', '--propagation', 'private', 'true'],
-                         capture_output=True)
-  return shutil.which('unshare') and probe.returncode == 0
-
-
-needs_mounts = pytest.mark.skipif(not can_mount(), reason='needs root for unshare -m')
-
-
-def fill(path):
-  """Writes into `path` until its file system is full."""
-  with open(path, 'wb') as f:
-    try:
-      while True:
-        f.write(b'\0' * (1 << 16))
-        f.flush()
-    except OSError:
-      pass
 
 
 @needs_mounts

@@ -12,8 +12,7 @@ import time
 import pytest
 
 from tests import fake_data
-from tests.test_signals import data_dir, flags  # noqa: F401  (the fixture)
-from tests.train_helpers import REPO
+from tests.harness import REPO, flags
 
 ENV = {**os.environ, 'PYTHONPATH': str(REPO), 'JAX_PLATFORMS': 'cpu'}
 PY = sys.executable
@@ -38,7 +37,7 @@ def test_help_shows_this_programs_usage_and_flags_first_and_exits_0(flag):
 
 @pytest.mark.parametrize('args,line', [
     (['--mode=evaluate'],
-     'error: --mode=evaluate: value should be one of <train|eval|predict|export>'),
+     'error: --mode=evaluate: value should be one of <train|eval|predict|export|robustness>'),
     (['--top_k=-1'], 'error: --top_k=-1: -1 is not a non-negative integer'),
     (['--config.model.widht=3'], 'error: --config.model.widht is not a setting (did you mean '
      '--config.model.widths?): `python main.py --list_config` lists every setting'),

@@ -13,7 +13,7 @@ from flax_seresnet import inference, train
 from input_pipeline import DataError, images as image_files, load_unlabeled
 from tests import fake_data
 from tests.conftest import REAL_CIFAR10
-from tests.test_cli import TINY, run_cli
+from tests.harness import TINY, run_cli
 from tests.train_helpers import tiny_config
 
 
@@ -104,10 +104,14 @@ def test_bad_files_are_one_line_each_and_skipped(trained, tmp_path):
       str(folder / name) for name in ('b_truncated.png', 'c_text.png', 'd_bomb.png',
                                       'e_dangling.png')]
   assert 'cannot be read' in skipped[0] and 'decompression bomb' in skipped[2].lower()
+  assert skipped[1].endswith(f'{folder / "c_text.png"} is not an image Pillow can read (PNG, '
+                             'JPEG, BMP, WebP, GIF, TIFF)')  # the file named, not a memory copy
   assert 'does not exist' in skipped[3] and 'Traceback' not in result.stderr
   lines = result.stdout.splitlines()
   assert len(lines) == 2 and lines[0].startswith(f'{folder / "a_good.png"}: ')
-  assert lines[0].count('%') == 2 and lines[1] == f'wrote 1 predictions to {tmp_path / "p.csv"}'
+  assert lines[0].count('%') == 2 and lines[1] == (
+      f'wrote 1 predictions to {tmp_path / "p.csv"}; 4 files skipped, each named on stderr with '
+      'the reason (`warning: skipped: ...`)')
   assert [r[0] for r in read_csv(tmp_path / 'p.csv')[1:]] == [str(folder / 'a_good.png')]
 
 

@@ -11,7 +11,7 @@ from flax_seresnet.errors import DataError
 from input_pipeline import dataset
 from input_pipeline.download import OFFICIAL_URL, download_cifar10
 from tests.fake_data import write_fake_cifar10
-from tests.test_input_download import good_tarball, serve, server  # pylint: disable=unused-import
+from tests.harness import serve
 
 CACHED = ('flax-seresnet', 'cifar-10-batches-py')
 

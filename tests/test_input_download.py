@@ -1,73 +1,16 @@
 """Download, checksum and safe extraction, against a local HTTP server on 127.0.0.1."""
-import hashlib
-import http.server
 import io
 import os
 import signal
 import socket
 import tarfile
-import threading
 
 import pytest
 
 from flax_seresnet.errors import DataError
 from input_pipeline.cifar10 import load_cifar10
 from input_pipeline.download import OFFICIAL_URL, download_cifar10
-from tests.fake_data import write_fake_cifar10
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-  """Serves self.server.routes: path -> (body, mode)."""
-
-  def do_GET(self):  # pylint: disable=invalid-name
-    route = self.server.routes.get(self.path)
-    if route is None:
-      self.send_error(404)
-      return
-    body, mode = route
-    self.send_response(200)
-    self.send_header('Content-Type', 'application/gzip')
-    if mode == 'short':  # promise more than is sent, then hang up
-      self.send_header('Content-Length', str(len(body) + 100_000))
-    elif mode != 'no-length':
-      self.send_header('Content-Length', str(len(body)))
-    self.end_headers()
-    self.wfile.write(body if mode != 'half' else body[:len(body) // 2])
-    self.wfile.flush()
-    self.close_connection = True
-
-  def log_message(self, *args):  # keep the test output quiet
-    pass
-
-
-@pytest.fixture(scope='module')
-def server():
-  httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), _Handler)
-  httpd.routes = {}
-  httpd.daemon_threads = True
-  thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-  thread.start()
-  yield httpd
-  httpd.shutdown()
-  httpd.server_close()
-
-
-def serve(server, name: str, body: bytes, mode: str = 'ok') -> tuple[str, str]:
-  """Publishes body at /name; returns (url, md5)."""
-  server.routes[f'/{name}'] = (body, mode)
-  return f'http://127.0.0.1:{server.server_address[1]}/{name}', hashlib.md5(body).hexdigest()
-
-
-@pytest.fixture(scope='module')
-def good_tarball(tmp_path_factory) -> bytes:
-  """A tarball laid out like the official one, with small fake batches."""
-  source = write_fake_cifar10(tmp_path_factory.mktemp('src') / 'cifar-10-batches-py',
-                              per_batch=4, test_count=3)
-  (source / 'readme.html').write_text('<html></html>')
-  buffer = io.BytesIO()
-  with tarfile.open(fileobj=buffer, mode='w:gz') as tar:
-    tar.add(source, arcname='cifar-10-batches-py')
-  return buffer.getvalue()
+from tests.harness import serve
 
 
 def _tarball_with(extra: list[tarfile.TarInfo], good: bytes) -> bytes:

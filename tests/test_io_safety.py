@@ -20,7 +20,7 @@ from flax_seresnet import export, inference, train
 from flax_seresnet.errors import UserError
 from input_pipeline import DataError, files as input_files
 from tests import fake_data
-from tests.test_cli import LOG_LINE, TINY, assert_log_then_one_error, run_cli
+from tests.harness import LOG_LINE, TINY, assert_log_then_one_error, run_cli
 from tests.train_helpers import REPO, tiny_config
 
 

@@ -13,7 +13,7 @@ import tomllib
 import pytest
 from packaging.requirements import Requirement
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+from tests.harness import REPO  # noqa: E402
 PROJECT = tomllib.loads((REPO / 'pyproject.toml').read_text())['project']
 # Import names of the library's third-party modules -> their distributions. Optional ones are
 # imported only where a feature needs them, and named in an extra.

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.test_signals import Run, data_dir, flags  # noqa: F401  (the fixture)
+from tests.harness import Run, flags
 
 TIMEOUT_S = 5
 

@@ -2,7 +2,6 @@
 flags and settings are valid (main.py --dry_run, the benchmark scripts' --help), and nothing
 links outside the repository."""
 import os
-import pathlib
 import re
 import shlex
 import subprocess
@@ -10,7 +9,7 @@ import sys
 
 import pytest
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+from tests.harness import REPO  # noqa: E402
 README = (REPO / 'README.md').read_text()
 ENV = {**os.environ, 'PYTHONPATH': str(REPO), 'JAX_PLATFORMS': 'cpu'}
 

@@ -12,7 +12,7 @@ from flax_seresnet import robustness
 from flax_seresnet.errors import Interrupted
 from input_pipeline import CORRUPTIONS
 from tests.test_cifar10c import write_cifar10c
-from tests.test_cli import TINY, assert_log_then_one_error, run_cli
+from tests.harness import TINY, assert_log_then_one_error, run_cli
 
 LINE = re.compile(r'robustness: source=(cifar10-c|generated) clean=(\d+\.\d\d) mean=(\d+\.\d\d) '
                   r'relative=(\d+\.\d\d) worst=(\w+):(\d+\.\d\d)\n')

@@ -4,52 +4,15 @@ in flight, saves where it stands, says so in one line, exits 75 and releases its
 resuming repeats the uninterrupted run bit for bit. A second signal exits at once."""
 import json
 import os
-import pathlib
 import signal
-import subprocess
-import sys
-import tempfile
-import threading
 import time
 
 import chex
 import pytest
 
-from configs import smoke
 from flax_seresnet import inference, train
-from tests import fake_data
-from tests.train_helpers import REPO, flat_variables
-
-# 80 steps an epoch, 2 epochs: time enough to land in the middle of one.
-OVERRIDES = {'model.widths': (8, 16, 16), 'batch_size': 4, 'train_subset': 0, 'num_epochs': 2,
-             'eval_batch_size': 64, 'num_devices': 1, 'checkpoint_every_epochs': 1,
-             'progress_bar': False}
-
-
-def config_for(data_dir, **overrides):
-  config = smoke.get_config()
-  config.update_from_flattened_dict({**OVERRIDES, 'data_dir': str(data_dir), **overrides})
-  return config
-
-
-def flags(data_dir, workdir):
-  values = {**OVERRIDES, 'data_dir': data_dir}
-  return ['--config', 'configs/smoke.py', f'--workdir={workdir}',
-          *[f'--config.{k}={str(v).replace(" ", "")}' for k, v in values.items()]]
-
-
-@pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  return fake_data.write_fake_cifar10(tmp_path_factory.mktemp('sig'), per_batch=64,
-                                      test_count=64, learnable=True)
-
-
-@pytest.fixture(scope='module')
-def uninterrupted(data_dir, tmp_path_factory):
-  workdir = tmp_path_factory.mktemp('straight')
-  train.train_and_evaluate(config_for(data_dir), str(workdir))
-  return workdir
-
+from tests.harness import Run, config_for, flags
+from tests.train_helpers import flat_variables
 
 def final_state(workdir):
   return flat_variables(inference.load_model(config_for(''), str(workdir))[1])
@@ -58,45 +21,6 @@ def final_state(workdir):
 def records(workdir):
   return [{k: v for k, v in json.loads(line).items() if not k.endswith(('_s', 'per_s'))}
           for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
-
-
-class Run:
-  """main.py (through tests/cli_probe.py) in a subprocess whose stderr is read as it comes;
-  `hold=N` holds the N-th call of `moment` until `release()`."""
-
-  def __init__(self, args, moment='none', env=None, command=None, hold=0, control=None):
-    self.lines, self.seen = [], threading.Condition()
-    self.release_path = f'{control or tempfile.mkdtemp()}/release'
-    env = {**({'PROBE_HOLD': f'{hold}:{self.release_path}'} if hold else {}), **(env or {})}
-    self.process = subprocess.Popen(
-        command or [sys.executable, str(REPO / 'tests' / 'cli_probe.py'), moment, *args], cwd=REPO,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, 'PYTHONPATH': str(REPO), 'JAX_PLATFORMS': 'cpu', **env})
-    self.reader = threading.Thread(target=self._read, daemon=True)
-    self.reader.start()
-
-  def _read(self):
-    for line in self.process.stderr:
-      with self.seen:
-        self.lines.append(line)
-        self.seen.notify_all()
-
-  def wait_for(self, text, timeout=300, times=1):
-    """Until `times` lines of stderr hold `text` (a whole line when it ends with a newline)."""
-    deadline = time.monotonic() + timeout
-    match = (lambda line: line == text) if text.endswith('\n') else (lambda line: text in line)
-    with self.seen:
-      while sum(map(match, self.lines)) < times:
-        assert self.process.poll() is None, ''.join(self.lines)[-3000:]
-        assert self.seen.wait(deadline - time.monotonic()), (text, ''.join(self.lines))
-
-  def release(self):
-    pathlib.Path(self.release_path).write_text('')
-
-  def finish(self, timeout=300):
-    self.process.wait(timeout)
-    self.reader.join(timeout)  # stderr read to its end
-    return self.process.returncode, self.process.stdout.read(), ''.join(self.lines)
 
 
 def assert_one_interrupted_line(code, out, err, name, where):

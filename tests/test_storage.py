@@ -14,10 +14,7 @@ import pytest
 
 from flax_seresnet import storage
 from flax_seresnet.errors import UserError
-from tests.test_cli import TINY, assert_log_then_one_error, run_cli
-from tests.test_export_whole import no_torch  # noqa: F401  (a fixture)
-from tests.test_files import needs_mounts
-from tests.test_signals import Run
+from tests.harness import TINY, Run, assert_log_then_one_error, needs_mounts, run_cli
 from tests.train_helpers import REPO
 
 FAULTS = {  # fault: (its setup in the namespace, with {d} the folder it hits; the advice)

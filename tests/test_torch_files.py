@@ -4,13 +4,12 @@ import collections
 import pickle
 import subprocess
 import sys
-import pathlib
 import zipfile
 
 import numpy as np
 import pytest
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+from tests.harness import REPO  # noqa: E402
 
 from input_pipeline.errors import DataError
 from input_pipeline.safe_pickle import load_torch_file
