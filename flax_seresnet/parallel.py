@@ -9,6 +9,7 @@
 Multi-host: every process holds the whole (small) dataset on its devices, plans the same global
 batches, and feeds only its own rows. `PeerWatch` bounds every wait for another process.
 """
+import contextlib
 import functools
 import os
 import select
@@ -29,10 +30,60 @@ PMAP_AXIS = 'batch'
 PEER_LOST_EXIT = 4  # a process of a multi-process run was lost or never joined
 
 
+_EXITING = threading.Lock()  # held by the first thread to fail: the others wait for the exit
+
+
 def _fail_now(message: str):
   """One line, then exit at once: JAX would otherwise wait, then abort with a C++ trace."""
+  _EXITING.acquire()  # pylint: disable=consider-using-with  # never released: one line only
   print(f'error: {message}', file=sys.stderr, flush=True)
   os._exit(PEER_LOST_EXIT)  # pylint: disable=protected-access
+
+
+_COORDINATOR, _RELAY = None, None  # the coordinator's address; the relay to it (a process > 0)
+
+
+class _Relay:
+  """A process other than 0 reaches the coordinator through this relay, which sees process 0's
+  end before JAX does: it then holds JAX's side of the connection open, so that PeerWatch names
+  process 0 in one line instead of JAX aborting with a C++ trace (its error polling fails at
+  once)."""
+
+  def __init__(self, coordinator: str, timeout: float):
+    host, port = coordinator.rsplit(':', 1)
+    self.target, self.timeout = (host.strip('[]'), int(port)), timeout
+    self.listener = socket.create_server(('127.0.0.1', 0))
+    self.address = f'127.0.0.1:{self.listener.getsockname()[1]}'
+    self.on_end = lambda: None  # PeerWatch's: exits when process 0 is gone
+    threading.Thread(target=self._serve, daemon=True).start()
+
+  def _serve(self):
+    while True:
+      inner = self.listener.accept()[0]
+      try:
+        outer = socket.create_connection(self.target, timeout=self.timeout)
+        outer.settimeout(None)
+      except OSError:  # not listening yet: JAX tries again
+        inner.close()
+        continue
+      for source, sink in ((inner, outer), (outer, inner)):
+        threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+
+  def _pump(self, source, sink):
+    with contextlib.suppress(OSError):
+      while data := source.recv(1 << 16):
+        sink.sendall(data)
+    self._ended()  # either side's end: JAX's side is closed only if process 0 is there
+    for side in (source, sink):
+      with contextlib.suppress(OSError):
+        side.shutdown(socket.SHUT_RDWR)
+
+  def _ended(self):
+    """A connection ended: process 0 is gone if it takes no new one (else, a mere close)."""
+    try:
+      socket.create_connection(self.target, timeout=self.timeout).close()
+    except OSError:
+      self.on_end()
 
 
 def initialize_distributed(dist_config) -> None:
@@ -60,9 +111,13 @@ def initialize_distributed(dist_config) -> None:
   # Its preemption service would take SIGTERM over from interrupt.StopRequest, which already
   # makes every process stop at the same step.
   jax.config.update('jax_enable_preemption_service', False)
+  global _COORDINATOR, _RELAY  # pylint: disable=global-statement
+  _COORDINATOR = address or os.environ.get('JAX_COORDINATOR_ADDRESS')
+  if _COORDINATOR and me > 0:
+    _RELAY = _Relay(_COORDINATOR, timeout)
   try:  # JAX's own limits later than ours: its timeouts abort the process with a C++ trace
     jax.distributed.initialize(
-        coordinator_address=address, num_processes=num_processes,
+        coordinator_address=_RELAY.address if _RELAY else address, num_processes=num_processes,
         process_id=me if me >= 0 else None, initialization_timeout=timeout + 60,
         heartbeat_timeout_seconds=timeout + 60)
   except (ValueError, RuntimeError) as e:
@@ -84,7 +139,8 @@ def agree_on(value: int) -> int:
 def _my_host():
   """This machine's address on the route to the coordinator, where the others reach it."""
   from jax._src import distributed  # pylint: disable=import-outside-toplevel
-  host = distributed.global_state.coordinator_address.rsplit(':', 1)[0].strip('[]')
+  address = _COORDINATOR or distributed.global_state.coordinator_address
+  host = address.rsplit(':', 1)[0].strip('[]')
   family = socket.AF_INET6 if ':' in host else socket.AF_INET
   with socket.socket(family, socket.SOCK_DGRAM) as probe:
     probe.connect((host, 1))  # UDP: chooses the route, sends nothing
@@ -115,6 +171,8 @@ class PeerWatch:
     self._seen = {p: time.monotonic() for p in range(self.count) if p != self.me}
     self._beats, self._checked = {}, 0.0  # _checked: when the last round finding all well began
     self._links = self._link()
+    if _RELAY:
+      _RELAY.on_end = self._coordinator_gone
     threading.Thread(target=self._watch_links, daemon=True).start()
     threading.Thread(target=self._watch, daemon=True).start()
 
@@ -165,6 +223,11 @@ class PeerWatch:
     role = ' (the coordinator)' if peer == 0 else ''
     self._lost(f'process {peer} of {self.count}{role} ended without a word (its connection '
                'closed: killed, or crashed)')
+
+  def _coordinator_gone(self):
+    self._gone.add(0)
+    if not self._done.is_set():
+      self._ended(0)
 
   def _failed(self, peer: int):
     time.sleep(self.EXIT_GRACE_S)  # it is on its way out: let it go first (see close)

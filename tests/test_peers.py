@@ -152,7 +152,7 @@ def test_a_stopped_process_is_named_after_the_timeout(data_dir, tmp_path):  # no
   assert line.startswith(f'error: process 1 of 2 stopped answering (no sign of life for '
                          f'{TIMEOUT_S} s); this is process 0'), line
   assert err.endswith(line + '\n')
-  assert TIMEOUT_S <= took < TIMEOUT_S + 15, took
+  assert TIMEOUT_S - 2 <= took < TIMEOUT_S + 15, took  # its last beat came up to 2 s before
 
 
 def test_a_bug_in_one_process_shows_its_traceback_at_once(data_dir, tmp_path):  # noqa: F811
