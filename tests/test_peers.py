@@ -9,6 +9,7 @@ import os
 import re
 import signal
 import socket
+import sys
 import time
 
 import pytest
@@ -174,3 +175,36 @@ def test_a_bug_in_one_process_shows_its_traceback_at_once(data_dir, tmp_path):  
   line = last_line(err0)
   assert line.startswith('error: process 1 of 2 stopped with an error (see its output); this '
                          'is process 0'), line
+
+
+BUSY_PEER = '''
+import sys, time
+from ml_collections import ConfigDict
+from flax_seresnet import parallel
+port, me = sys.argv[1:]
+parallel.initialize_distributed(ConfigDict(dict(
+    initialize='yes', coordinator_address=f'127.0.0.1:{port}', num_processes=2,
+    process_id=int(me), timeout_s=120)))
+parallel.PeerWatch(120)
+print('watching', file=sys.stderr, flush=True)
+while True:  # Python work: the GIL is rarely free, as when a run prepares its batches
+  sum(i * i for i in range(10 ** 6))
+'''
+
+
+def test_process_0_killed_while_the_other_computes_is_named_before_jax_aborts(tmp_path):
+  """JAX's client learns of the coordinator's end as soon as the watch does, and aborts with a C++
+  trace: the relay keeps that news from it, however busy the process."""
+  port = free_port()
+  env = {'XLA_FLAGS': os.environ['XLA_FLAGS'].replace('device_count=8', 'device_count=1')}
+  runs = [Run([], command=[sys.executable, '-c', BUSY_PEER, str(port), str(i)], env=env)
+          for i in (0, 1)]
+  with running(runs):
+    for run in runs:
+      run.wait_for('watching')
+    runs[0].process.send_signal(signal.SIGKILL)
+    code, _, err = runs[1].finish(timeout=60)
+  assert code == 4, err[-3000:]
+  line = last_line(err)
+  assert line.startswith('error: process 0 of 2 (the coordinator) ended without a word'), line
+  assert err.endswith(line + '\n') and 'coordination service' not in err, err[-3000:]
