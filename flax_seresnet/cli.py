@@ -232,6 +232,15 @@ def run_mode(config, stop, results):
           file=results)
 
 
+def _bug_of_one(watch):
+  """A bug in one process of several: its traceback, then the others are told (they stop with a
+  line naming it) and the process exits at once, as JAX's shutdown would wait for them."""
+  traceback.print_exc()
+  sys.stderr.flush()
+  watch.close(failed=True)
+  os._exit(1)  # pylint: disable=protected-access  # Python's code for an uncaught exception
+
+
 def _work(stop, results):
   """Validates, then runs the mode, several processes watching each other; ends with one line
   and the documented exit code on a known error (kept in run.log too, when training)."""
@@ -257,9 +266,10 @@ def _work(stop, results):
         streams.say(f'{getattr(e, "prefix", "error")}: {" ".join(str(e).split())}')
         os._exit(e.exit_code)  # pylint: disable=protected-access  # no wait for the others
       fail(e, e.exit_code, getattr(e, 'prefix', 'error'))
-    except Exception as e:  # pylint: disable=broad-except
+    except Exception:  # pylint: disable=broad-except
       if watch:
-        watch.explain(e)  # a lost peer: the watch names it and exits
+        watch.explain()  # a lost peer: the watch names it and exits
+        _bug_of_one(watch)
       raise
     if watch:
       watch.close()

@@ -9,8 +9,11 @@
 Multi-host: every process holds the whole (small) dataset on its devices, plans the same global
 batches, and feeds only its own rows. `PeerWatch` bounds every wait for another process.
 """
+import contextlib
 import functools
 import os
+import select
+import socket
 import sys
 import threading
 import time
@@ -18,6 +21,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from flax_seresnet.errors import ConfigError
@@ -26,10 +30,60 @@ PMAP_AXIS = 'batch'
 PEER_LOST_EXIT = 4  # a process of a multi-process run was lost or never joined
 
 
+_EXITING = threading.Lock()  # held by the first thread to fail: the others wait for the exit
+
+
 def _fail_now(message: str):
   """One line, then exit at once: JAX would otherwise wait, then abort with a C++ trace."""
+  _EXITING.acquire()  # pylint: disable=consider-using-with  # never released: one line only
   print(f'error: {message}', file=sys.stderr, flush=True)
   os._exit(PEER_LOST_EXIT)  # pylint: disable=protected-access
+
+
+_COORDINATOR, _RELAY = None, None  # the coordinator's address; the relay to it (a process > 0)
+
+
+class _Relay:
+  """A process other than 0 reaches the coordinator through this relay, which sees process 0's
+  end before JAX does: it then holds JAX's side of the connection open, so that PeerWatch names
+  process 0 in one line instead of JAX aborting with a C++ trace (its error polling fails at
+  once)."""
+
+  def __init__(self, coordinator: str, timeout: float):
+    host, port = coordinator.rsplit(':', 1)
+    self.target, self.timeout = (host.strip('[]'), int(port)), timeout
+    self.listener = socket.create_server(('127.0.0.1', 0))
+    self.address = f'127.0.0.1:{self.listener.getsockname()[1]}'
+    self.on_end = lambda: None  # PeerWatch's: exits when process 0 is gone
+    threading.Thread(target=self._serve, daemon=True).start()
+
+  def _serve(self):
+    while True:
+      inner = self.listener.accept()[0]
+      try:
+        outer = socket.create_connection(self.target, timeout=self.timeout)
+        outer.settimeout(None)
+      except OSError:  # not listening yet: JAX tries again
+        inner.close()
+        continue
+      for source, sink in ((inner, outer), (outer, inner)):
+        threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+
+  def _pump(self, source, sink):
+    with contextlib.suppress(OSError):
+      while data := source.recv(1 << 16):
+        sink.sendall(data)
+    self._ended()  # either side's end: JAX's side is closed only if process 0 is there
+    for side in (source, sink):
+      with contextlib.suppress(OSError):
+        side.shutdown(socket.SHUT_RDWR)
+
+  def _ended(self):
+    """A connection ended: process 0 is gone if it takes no new one (else, a mere close)."""
+    try:
+      socket.create_connection(self.target, timeout=self.timeout).close()
+    except OSError:
+      self.on_end()
 
 
 def initialize_distributed(dist_config) -> None:
@@ -57,9 +111,13 @@ def initialize_distributed(dist_config) -> None:
   # Its preemption service would take SIGTERM over from interrupt.StopRequest, which already
   # makes every process stop at the same step.
   jax.config.update('jax_enable_preemption_service', False)
+  global _COORDINATOR, _RELAY  # pylint: disable=global-statement
+  _COORDINATOR = address or os.environ.get('JAX_COORDINATOR_ADDRESS')
+  if _COORDINATOR and me > 0:
+    _RELAY = _Relay(_COORDINATOR, timeout)
   try:  # JAX's own limits later than ours: its timeouts abort the process with a C++ trace
     jax.distributed.initialize(
-        coordinator_address=address, num_processes=num_processes,
+        coordinator_address=_RELAY.address if _RELAY else address, num_processes=num_processes,
         process_id=me if me >= 0 else None, initialization_timeout=timeout + 60,
         heartbeat_timeout_seconds=timeout + 60)
   except (ValueError, RuntimeError) as e:
@@ -78,27 +136,106 @@ def agree_on(value: int) -> int:
   return int(multihost_utils.broadcast_one_to_all(np.int32(value)))
 
 
-class PeerWatch:
-  """Names a process that stops answering, then exits (4) instead of a wait and a C++ abort.
+def _my_host():
+  """This machine's address on the route to the coordinator, where the others reach it."""
+  from jax._src import distributed  # pylint: disable=import-outside-toplevel
+  address = _COORDINATOR or distributed.global_state.coordinator_address
+  host = address.rsplit(':', 1)[0].strip('[]')
+  family = socket.AF_INET6 if ':' in host else socket.AF_INET
+  with socket.socket(family, socket.SOCK_DGRAM) as probe:
+    probe.connect((host, 1))  # UDP: chooses the route, sends nothing
+    return probe.getsockname()[0], family
 
-  Each process bumps a counter in the coordinator's key-value store every second, from a daemon
-  thread that runs whatever the main thread does; a peer whose counter stands still for
-  `timeout` seconds is lost, as is process 0 when the store itself stops answering.
+
+class PeerWatch:
+  """Names a process that ends or stops answering, then exits (4) instead of a wait and a C++
+  abort.
+
+  Every process holds a TCP connection to every other, opened at the start: the kernel closes it
+  when that process ends however it ends (SIGKILL included), so a peer that is gone is named at
+  once. A stopped or hung peer keeps its connection open: each process also bumps a counter in
+  the coordinator's key-value store every second, from a daemon thread that runs whatever the
+  main thread does, and a peer whose counter stands still for `timeout` seconds is lost, as is
+  process 0 when the store itself stops answering.
   """
   BEAT_S = 1.0
   EXIT_GRACE_S = 0.5
+  SETTLE_S = 0.5  # a peer's end reaches its link moments after a collective fails on it
   KEYS = 'flax_seresnet/peers/'
 
   def __init__(self, timeout: float):
     from jax._src import distributed  # the client of the coordinator's key-value store
     self.client, self.timeout = distributed.global_state.client, timeout
     self.me, self.count = jax.process_index(), jax.process_count()
-    self._done = threading.Event()
+    self._done, self._gone = threading.Event(), set()
+    self._seen = {p: time.monotonic() for p in range(self.count) if p != self.me}
+    self._beats, self._checked = {}, 0.0  # _checked: when the last round finding all well began
+    self._links = self._link()
+    if _RELAY:
+      _RELAY.on_end = self._coordinator_gone
+    threading.Thread(target=self._watch_links, daemon=True).start()
     threading.Thread(target=self._watch, daemon=True).start()
 
+  def _link(self) -> dict:
+    """{peer: a connection to it}; a peer that cannot be reached is left to the heartbeat."""
+    host, family = _my_host()
+    listener = socket.create_server(('', 0), family=family)
+    self._accepted = []  # held open: the other side watches them
+    threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+    self.client.key_value_set(f'{self.KEYS}link/{self.me}',
+                              f'{host}:{listener.getsockname()[1]}')
+    links = {}
+    for peer in self._seen:
+      try:
+        host, port = self.client.blocking_key_value_get(
+            f'{self.KEYS}link/{peer}', int(self.timeout * 1000)).rsplit(':', 1)
+        links[peer] = socket.create_connection((host, int(port)), timeout=self.timeout)
+      except Exception as e:  # pylint: disable=broad-except  # e.g. a firewall: beats remain
+        logging.warning('no direct link to process %d (%s): a lost process %d is noticed '
+                        'after %.0f s', peer, e, peer, self.timeout)
+    return links
+
+  def _accept(self, listener):
+    while True:
+      self._accepted.append(listener.accept()[0])
+
+  def _watch_links(self):
+    """A link becomes readable only when its peer's end closes it."""
+    links = dict(self._links)
+    while links:
+      readable = select.select(list(links.values()), [], [])[0]
+      for peer in [p for p, s in links.items() if s in readable]:
+        del links[peer]
+        self._gone.add(peer)
+        if not self._done.is_set():
+          self._ended(peer)
+
+  def _ended(self, peer: int):
+    """A peer's connection closed: it said it was done, failed, or it was killed."""
+    try:
+      state = self.client.key_value_try_get(f'{self.KEYS}state/{peer}') if peer else None
+    except Exception:  # pylint: disable=broad-except  # not set: it said nothing
+      state = None
+    if state == 'done':
+      return
+    if state == 'failed':
+      return self._failed(peer)
+    role = ' (the coordinator)' if peer == 0 else ''
+    self._lost(f'process {peer} of {self.count}{role} ended without a word (its connection '
+               'closed: killed, or crashed)')
+
+  def _coordinator_gone(self):
+    self._gone.add(0)
+    if not self._done.is_set():
+      self._ended(0)
+
+  def _failed(self, peer: int):
+    time.sleep(self.EXIT_GRACE_S)  # it is on its way out: let it go first (see close)
+    self._lost(f'process {peer} of {self.count} stopped with an error (see its output)')
+
   def _watch(self):
-    last = {p: (None, time.monotonic()) for p in range(self.count) if p != self.me}
     while not self._done.wait(self.BEAT_S):
+      began = time.monotonic()
       try:
         self.client.key_value_increment(f'{self.KEYS}beat/{self.me}', 1)
         values = dict(self.client.key_value_dir_get(self.KEYS))  # one call for every peer
@@ -106,41 +243,54 @@ class PeerWatch:
         if self._done.is_set():
           return
         return self._lost(f'process 0 of {self.count} (the coordinator) stopped answering')
-      for peer, (seen, since) in list(last.items()):
-        state, beat = values.get(f'{self.KEYS}state/{peer}'), values.get(f'{self.KEYS}beat/{peer}')
-        if state == 'failed':
-          time.sleep(self.EXIT_GRACE_S)  # it is on its way out: let it go first (see close)
-          return self._lost(f'process {peer} of {self.count} stopped with an error (see its '
-                            'output)')
-        if state == 'done':
-          del last[peer]
-        elif beat != seen:
-          last[peer] = (beat, time.monotonic())
-        elif time.monotonic() - since > self.timeout:
-          return self._lost(f'process {peer} of {self.count} stopped answering (no sign of life '
-                            f'for {self.timeout:.0f} s)')
+      if self._round(values):
+        self._checked = began
+
+  def _round(self, values: dict) -> bool:
+    """Reads every peer's state and counter; True when all are well."""
+    for peer, seen in list(self._seen.items()):
+      state, beat = values.get(f'{self.KEYS}state/{peer}'), values.get(f'{self.KEYS}beat/{peer}')
+      if state == 'failed':
+        return self._failed(peer)
+      if state == 'done':
+        del self._seen[peer]
+      elif beat != self._beats.get(peer):
+        self._beats[peer], self._seen[peer] = beat, time.monotonic()
+      elif time.monotonic() - seen > self.timeout:
+        return self._lost(f'process {peer} of {self.count} stopped answering (no sign of life '
+                          f'for {self.timeout:.0f} s)')
+    return True
 
   def _lost(self, what: str):
     _fail_now(f'{what}; this is process {self.me}: the checkpoints saved before are intact; '
               'restart every process with the same command to resume')
 
-  def explain(self, error: BaseException) -> None:
-    """After a failed collective: gives the watch the time to name a lost peer, and to end the
-    process; returns (the error is then a bug of its own) only if no peer was lost."""
-    del error
-    time.sleep(self.timeout + 5 * self.BEAT_S)  # a verdict comes within timeout + 2 beats
+  def explain(self) -> None:
+    """After an exception: when a peer's end caused it (a failed collective), the watch names
+    the peer and ends the process; returns as soon as every peer is known to be there (the
+    exception is then a bug of its own), at the latest when a silent peer would be named."""
+    asked = time.monotonic()
+    deadline = asked + self.timeout + 5 * self.BEAT_S
+    while time.monotonic() < deadline:
+      there = all(p in self._links and p not in self._gone or since > asked
+                  for p, since in list(self._seen.items()))
+      if there and self._checked > asked + self.SETTLE_S:
+        return
+      time.sleep(0.05)
 
   def close(self, failed: bool = False):
     """Stops watching; tells the others that this process is done, or failed. Process 0 then
-    waits (at most `timeout`) until every other process has said so, and a moment more for them
-    to exit: it holds the coordinator, whose end makes JAX abort a process still running."""
+    waits (at most `timeout`) until every other process has said so or ended, and a moment more
+    for them to exit: it holds the coordinator, whose end makes JAX abort a process still
+    running."""
     self._done.set()
     try:
       self.client.key_value_set(f'{self.KEYS}state/{self.me}', 'failed' if failed else 'done')
       deadline = time.monotonic() + self.timeout
       while self.me == 0 and time.monotonic() < deadline:
-        values = dict(self.client.key_value_dir_get(f'{self.KEYS}state/'))
-        if len(values) == self.count:
+        said = {int(k.rsplit('/', 1)[1])
+                for k, _ in self.client.key_value_dir_get(f'{self.KEYS}state/')}
+        if len(said | self._gone | {self.me}) == self.count:
           time.sleep(self.EXIT_GRACE_S)
           return
         time.sleep(0.05)

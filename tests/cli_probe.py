@@ -6,6 +6,7 @@ MOMENT: compile (the run's compilation), step (a train step, before it is dispat
 checkpoint save), eval (an evaluation), export (the writing of one file of an export) or none.
 Each call prints `PROBE <moment> <count> pid=<pid>` on stderr up to the N-th, which waits until
 PATH exists: a test acts at an exact point of the run, however slow or loaded the machine.
+PROBE_BUG=N:P makes the N-th call raise a RuntimeError (a bug) in process P instead.
 PROBE_STEP_S=S makes each train step S seconds longer. PROBE_SLOW_CLOSE=S makes process 1 of a distributed run
 S seconds late at its end (a peer still busy when process 0 is done).
 """
@@ -23,11 +24,16 @@ sys.path.insert(0, str(REPO))
 def hold(module, name, moment):
   original, count = getattr(module, name), [0]
   at, _, release = os.environ.get('PROBE_HOLD', '0:').partition(':')
+  bug_at, _, bug_in = os.environ.get('PROBE_BUG', '0:0').partition(':')
 
   def held(*args, **kwargs):
     count[0] += 1
     if count[0] <= int(at):
       print(f'PROBE {moment} {count[0]} pid={os.getpid()}', file=sys.stderr, flush=True)
+    if count[0] == int(bug_at):
+      import jax
+      if jax.process_index() == int(bug_in):
+        raise RuntimeError(f'PROBE_BUG: a bug in process {bug_in}')
     if count[0] == int(at):
       while not os.path.exists(release):
         time.sleep(0.01)
