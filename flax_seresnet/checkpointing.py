@@ -83,6 +83,14 @@ class _Manager(ocp.CheckpointManager):
     return False
 
 
+def _utf8(path: str) -> bool:
+  try:
+    path.encode('utf-8')
+    return True
+  except UnicodeEncodeError:  # a byte that is not UTF-8, kept by Python as a surrogate
+    return False
+
+
 class Checkpoints:
   """Saves and restores host-array items of one workdir; a context manager that closes orbax."""
 
@@ -91,6 +99,10 @@ class Checkpoints:
     self.directory = os.path.join(self.workdir, 'checkpoints')
     self.read_only = read_only
     storage.quiet_background()  # orbax's threads report a failed write too: the main thread says it
+    if not _utf8(self.directory):  # tensorstore takes paths as UTF-8 text only
+      raise CheckpointError(f'{self.directory.encode(errors="backslashreplace").decode()}: a '
+                            'checkpoint folder\'s path must be UTF-8 text (orbax cannot use other '
+                            'bytes in a name): rename the folder, or use another --workdir.')
     if os.path.lexists(self.directory) and not os.path.isdir(self.directory):
       raise CheckpointError(f'{self.directory} is a file, not a folder: move it away, or use '
                             'another --workdir.')

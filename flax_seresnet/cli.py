@@ -216,9 +216,10 @@ def run_mode(config, stop, results):
                                   skipped=skipped)
     for name, best in top:
       print(f'{name}: ' + ', '.join(f'{c} {100 * p:.1f}%' for c, p in best), file=results)
+    many = len(skipped) > 1
     print(f'wrote {rows} predictions to {FLAGS.output}' + (
-        f'; {len(skipped)} file{"s" * (len(skipped) > 1)} skipped, each named on stderr with '
-        'the reason (`warning: skipped: ...`)' if skipped else ''), file=results)
+        f'; {len(skipped)} file{"s" * many} skipped, {"each " * many}named on stderr with the '
+        'reason (`warning: skipped: ...`)' if skipped else ''), file=results)
   elif FLAGS.mode == 'robustness':
     from flax_seresnet import robustness  # pylint: disable=import-outside-toplevel
     print(robustness.evaluate_robustness(config, FLAGS.workdir, FLAGS.checkpoint,

@@ -223,7 +223,9 @@ def test_a_giant_image_in_a_folder_is_skipped_in_one_line(trained, tmp_path):
   assert len(skipped) == 1 and skipped[0].endswith(
       f'skipped: image {tmp_path / "b.png"} is 8.0 GiB (8589934592 bytes), over the 64.0 MiB '
       'read for a file of its kind: check that it is the right file, or give a smaller one')
-  assert result.stdout.splitlines()[-1] == f'wrote 1 predictions to {tmp_path / "p.csv"}'
+  assert result.stdout.splitlines()[-1] == (
+      f'wrote 1 predictions to {tmp_path / "p.csv"}; 1 file skipped, named on stderr with the '
+      'reason (`warning: skipped: ...`)')
 
 
 # --- class 6: an output that is a link -----------------------------------------------------
