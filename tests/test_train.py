@@ -97,7 +97,8 @@ def test_a_run_learns_keeps_records_and_says_where_it_stands(straight):
   assert 'epoch 1 took ' in text and 'for the 2 epochs left in this run.' in text
   line = train.records.summary_line(summary)
   assert line.startswith('summary: config=tiny final_test_accuracy=')
-  for field in ('best_test_accuracy=', 'epochs=3 ', 'train_s=', 'compile_s=', 'img_per_s=',
+  for field in ('best_test_accuracy=', 'best_on=test ', 'epochs=3 ', 'train_s=', 'compile_s=',
+                'img_per_s=',
                 'device=cpu'):
     assert field in line
   assert summary['compile_s'] > 0 and summary['img_per_s'] > 0
@@ -195,8 +196,8 @@ def saved_template(workdir):
 def test_a_non_finite_test_loss_stops_the_run(learnable_cifar10_dir, tmp_path, monkeypatch):
   evaluate = train.Trainer.evaluate
 
-  def poisoned(self):
-    result = evaluate(self)
+  def poisoned(self, which='test'):
+    result = evaluate(self, which)
     return dict(result, loss=float('nan')) if len(self.records.history) == 1 else result
   monkeypatch.setattr(train.Trainer, 'evaluate', poisoned)
   with pytest.raises(TrainingDiverged, match='test loss in epoch 2 became NaN or infinite.*'
