@@ -20,7 +20,7 @@ from absl import logging
 
 import input_pipeline
 from flax_seresnet import checkpointing, files, inference, interrupt, optim, parallel, progress
-from flax_seresnet import records, steps
+from flax_seresnet import identity, records, steps
 from flax_seresnet.position import RunPosition
 from flax_seresnet import config as config_lib
 from flax_seresnet.errors import CheckpointError, Interrupted, TrainingDiverged
@@ -73,6 +73,7 @@ class Trainer:
           num_processes=jax.process_count(), process_index=jax.process_index())
       self.val_plan = self._validation_plan()
       self.best_on = 'val' if self.val_plan else 'test'  # the set that picks the best epoch
+      self.identity = identity.of(config)
       self.model = model_from_config(config.model, **dp.model_overrides())
       self.schedule = optim.learning_rate_schedule(config, self.plan.steps_per_epoch)
       state = self._initial_state(optim.make_optimizer(config, self.plan.steps_per_epoch))
@@ -101,8 +102,9 @@ class Trainer:
 
   def _recorded_config(self) -> dict:
     """The config as config.json records it, with the data folder actually read (from
-    $CIFAR10_DATA_DIR or the cache when config.data_dir is '')."""
-    recorded = self.config.to_dict()
+    $CIFAR10_DATA_DIR or the cache when config.data_dir is ''), the code's commit and the
+    config's hash (identity.py)."""
+    recorded = dict(self.config.to_dict(), **self.identity)
     if self.config.dataset == 'cifar10':
       recorded['data_dir'] = str(input_pipeline.dataset.cifar10_dir(self.config).resolve())
     return recorded
@@ -359,7 +361,7 @@ class Trainer:
       if not math.isfinite(metrics['loss']):
         self._diverged(f'{"validation" if which == "val" else "test"} loss in epoch {epoch + 1}')
       record.update({f'{which}_loss': metrics['loss'], f'{which}_accuracy': metrics['accuracy']})
-    return record
+    return dict(record, **self.identity)
 
   def _end_epoch(self, epoch: int, train: dict, last: bool):
     """Evaluates when due, records the epoch, saves when due."""
@@ -372,7 +374,7 @@ class Trainer:
     if every(config.checkpoint_every_epochs) or last or new_best:
       self._save({best: record[best]} if best in record else None)
     logging.info(' '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}'
-                          for k, v in record.items()))
+                          for k, v in record.items() if k not in self.identity))
     if every(config.checkpoint_every_epochs) and time.monotonic() - self._plotted > PLOT_EVERY_S:
       self.records.plot()  # also at the end of the run
       self._plotted = time.monotonic()
@@ -395,8 +397,9 @@ class Trainer:
         self.plan.steps_per_epoch, self.position.epoch + 1, stop_at, config.num_epochs)
 
   def summary(self) -> dict:
-    return self.position.summary(self.config.name, self.config.num_epochs,
-                                 jax.devices()[0].device_kind, self.best_on)
+    return dict(self.position.summary(self.config.name, self.config.num_epochs,
+                                      jax.devices()[0].device_kind, self.best_on),
+                **self.identity)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, stop=None) -> dict:

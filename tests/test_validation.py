@@ -82,6 +82,16 @@ def scripted(monkeypatch):
   monkeypatch.setattr(train.Trainer, 'evaluate', evaluate)
 
 
+def test_checkpoints_rank_by_validation_when_a_save_has_both(tmp_path):
+  with checkpointing.Checkpoints(str(tmp_path), keep=1) as checkpoints:
+    for step, (val, test) in enumerate(zip(*SCRIPTED.values()), 1):
+      checkpoints.save(step, {'model': {'w': np.zeros(2, np.float32)}},
+                       {'epoch': step, 'config': {}, 'history': []},
+                       {'val_accuracy': val, 'test_accuracy': test})
+    assert checkpoints.steps() == [2, 3]  # the newest, and the best on validation
+    assert checkpoints.restore({}, 'best')[1]['epoch'] == 2
+
+
 def best_epoch(workdir) -> int:
   with checkpointing.Checkpoints(str(workdir), read_only=True) as checkpoints:
     return checkpoints.restore({}, 'best')[1]['epoch']
