@@ -31,6 +31,12 @@ META_KEYS = ('step', 'epoch', 'config', 'history', 'checksums')  # a save withou
 READ_PROBLEMS = (errno.EMFILE, errno.ENFILE, errno.EACCES, errno.EPERM)
 
 
+def best_metric(metrics: dict) -> float:
+  """What ranks a save for 'best': its validation accuracy when the run holds a validation set
+  out (the test set then never picks a model), else its test accuracy."""
+  return metrics['val_accuracy'] if 'val_accuracy' in metrics else metrics['test_accuracy']
+
+
 # --- What a save holds.
 def items_of(state) -> dict:
   """A host TrainState as checkpoint items: 'model' (what inference needs) and 'train'."""
@@ -110,13 +116,12 @@ class Checkpoints:
       self._check_writable()
       if jax.process_index() == 0:
         self._remove_temporaries()  # what a kill in the middle of a save left
-    accuracy = lambda metrics: metrics['test_accuracy']
     options = ocp.CheckpointManagerOptions(  # no orbax clean-up thread: close() would not wait
-        best_fn=accuracy, best_mode='max', read_only=read_only, create=not read_only,
+        best_fn=best_metric, best_mode='max', read_only=read_only, create=not read_only,
         enable_async_checkpointing=False, cleanup_tmp_directories=False,
         preservation_policy=policies.AnyPreservationPolicy([
             policies.LatestN(keep),
-            policies.BestN(get_metric_fn=accuracy, n=1, keep_checkpoints_without_metrics=False)]))
+            policies.BestN(get_metric_fn=best_metric, n=1, keep_checkpoints_without_metrics=False)]))
     self._manager = _Manager(self.directory, options=options)
 
   def _check_writable(self):
@@ -150,15 +155,16 @@ class Checkpoints:
   def steps(self) -> list:
     return sorted(self._manager.all_steps())
 
-  def save(self, step: int, items: dict, meta: dict, test_accuracy=None) -> None:
-    """Saves host pytrees `items` as `step`; `test_accuracy` ranks it for 'best'."""
+  def save(self, step: int, items: dict, meta: dict, metrics=None) -> None:
+    """Saves host pytrees `items` as `step`; `metrics` ({'val_accuracy'} or {'test_accuracy'}:
+    `best_metric`) rank it for 'best'."""
     meta = dict(meta, step=step, checksums={name: digest(t) for name, t in items.items()})
     args = {name: ocp.args.StandardSave(tree) for name, tree in items.items()}
     try:
       with storage.held_reports():
         self._manager.save(step, args=ocp.args.Composite(meta=ocp.args.JsonSave(meta), **args),
-                           metrics=None if test_accuracy is None else
-                           {'test_accuracy': float(test_accuracy)}, force=True)
+                           metrics=None if metrics is None else
+                           {k: float(v) for k, v in metrics.items()}, force=True)
         self._manager.wait_until_finished()
     except Exception as e:  # pylint: disable=broad-except
       problem = storage.problem(e)
@@ -172,7 +178,7 @@ class Checkpoints:
 
   def restore(self, templates: dict, which: str = 'latest'):
     """(items like `templates`, meta) of the newest intact save ('latest'), or of the best by
-    test accuracy ('best'). Damaged saves are skipped with a warning."""
+    `best_metric` ('best'). Damaged saves are skipped with a warning."""
     candidates = self.steps()[::-1]
     if which == 'best' and self._manager.best_step() is not None:
       candidates.remove(self._manager.best_step())

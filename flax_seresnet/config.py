@@ -17,6 +17,7 @@ import ml_collections
 from flax_seresnet.errors import ConfigError
 
 NUM_CLASSES = 10  # every supported dataset is CIFAR-10
+CLASS_IMAGES = 5000  # training images of each class
 MAX_STAGES = 6    # each stage after the first halves the 32x32 map: 6 stages reach 1x1
 
 
@@ -100,7 +101,11 @@ SETTINGS = {
                   '~/.cache/flax-seresnet/cifar-10-batches-py (downloaded if missing)', R),
     'download': S(False, _BOOL, 'also download into a data_dir given here when it is missing', R),
     'tfds_data_dir': S('', _STR, "dataset='tfds': tfds' data folder ('': its default)", R),
-    'train_subset': S(0, _INT0, 'train on the first N training images only (0: all)'),
+    'validation_size': S(0, _INT0, 'hold out N training images (N/10 per class, chosen by '
+                         'seed) as a validation set that picks the best checkpoint; 0: train on '
+                         'all 50,000, best by test accuracy (optimistic)'),
+    'train_subset': S(0, _INT0, 'train on the first N training images only (0: all), counted '
+                      'after the validation images are held out'),
     'test_subset': S(0, _INT0, 'evaluate on the first N test images only (0: all)', R),
     'augment': S(True, _BOOL, 'random crop and flip (False: normalisation only)'),
     'pad_mode': S('zeros', _one_of_named('input_pipeline.augment', 'PAD_MODES'),
@@ -257,6 +262,12 @@ def _validate_model(model) -> None:
 
 
 def _validate_recipe(config) -> None:
+  size = config.validation_size
+  _require(size % NUM_CLASSES == 0, f'config.validation_size={size} must be a multiple of '
+           f'{NUM_CLASSES} (the same number of images of each class): use e.g. '
+           f'{size // NUM_CLASSES * NUM_CLASSES or NUM_CLASSES}.')
+  _require(size < NUM_CLASSES * CLASS_IMAGES, f'config.validation_size={size} leaves no '
+           f'training images of a class (CIFAR-10 has {CLASS_IMAGES} per class): use less.')
   _require(config.warmup_epochs < config.num_epochs, f'config.warmup_epochs='
            f'{config.warmup_epochs} must be below config.num_epochs={config.num_epochs}.')
   _require(config.cosine_epochs == 0 or config.cosine_epochs >= config.num_epochs,

@@ -24,7 +24,6 @@ import io
 import json
 import os
 import shutil
-import subprocess
 import tempfile
 
 import jax
@@ -33,7 +32,7 @@ from absl import logging
 
 import flax_seresnet
 import input_pipeline
-from flax_seresnet import files, inference, interrupt, steps, storage
+from flax_seresnet import files, identity, inference, interrupt, steps, storage
 from flax_seresnet.errors import CheckpointError, Interrupted, UserError
 from input_pipeline.files import read_file
 
@@ -82,14 +81,6 @@ def onnx_model(model, variables, flip_tta: bool) -> bytes:
   return out.getvalue()
 
 
-def _git_commit():
-  try:
-    return subprocess.run(['git', 'rev-parse', 'HEAD'], capture_output=True, text=True, timeout=10,
-                          cwd=os.path.dirname(__file__), check=True).stdout.strip() or None
-  except (OSError, subprocess.SubprocessError):
-    return None
-
-
 def export(config, output_dir: str, workdir=None, which: str = 'latest',
            torch_checkpoint=None, stop=interrupt.NEVER) -> dict:
   """Writes the artifact, the ONNX model (when torch and onnx are installed) and the card into
@@ -113,7 +104,8 @@ def export(config, output_dir: str, workdir=None, which: str = 'latest',
                         'mean': input_pipeline.CIFAR10_MEAN, 'std': input_pipeline.CIFAR10_STD},
       'flip_tta': config.eval_flip_tta, 'source': source['source'], 'epoch': source['epoch'],
       'test_accuracy': source['test_accuracy'], 'config': source['config'],
-      'library_version': flax_seresnet.__version__, 'git_commit': _git_commit(),
+      'library_version': flax_seresnet.__version__, 'git_commit': identity.code_commit(),
+      'config_hash': source['config_hash'],
       'jax_version': jax.__version__, 'platforms': list(PLATFORMS),
       'files': {name: hashlib.sha256(blob).hexdigest() for name, blob in written.items()}}
   written[CARD] = json.dumps(card, indent=1).encode()

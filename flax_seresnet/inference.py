@@ -19,7 +19,7 @@ from absl import logging
 from tqdm import tqdm
 
 import input_pipeline
-from flax_seresnet import checkpointing, files, interrupt, parallel, steps
+from flax_seresnet import checkpointing, files, identity, interrupt, parallel, steps
 from flax_seresnet import config as config_lib
 from flax_seresnet.errors import CheckpointError, ConfigError, Interrupted
 from flax_seresnet.model import model_from_config
@@ -67,7 +67,7 @@ def _from_torch(config, path):
   logging.info('model: PyTorch checkpoint %s; architecture from its shapes: %s', path, fields)
   model = model_from_config(fields, dtype=config.model.dtype)
   card = {'source': f'PyTorch checkpoint {path}', 'model': fields, 'epoch': None,
-          'test_accuracy': None, 'config': config.name}
+          'test_accuracy': None, 'config': config.name, 'config_hash': None}  # not trained here
   return model, torch_bridge.load_torch_checkpoint(state_dict, model), card
 
 
@@ -92,7 +92,8 @@ def _from_workdir(config, workdir, which):
     logging.warning('the model settings of --config differ from those saved in %s; the saved '
                     'ones are used.', workdir)
   card = {'source': f'{workdir} ({which} checkpoint)', 'model': saved.model.to_dict(),
-          'epoch': meta['epoch'], 'test_accuracy': accuracy, 'config': saved.name}
+          'epoch': meta['epoch'], 'test_accuracy': accuracy, 'config': saved.name,
+          'config_hash': identity.config_hash(saved)}  # the run's: its metrics.jsonl says it too
   return model, checkpointing.inference_variables(items['model']), card
 
 

@@ -13,6 +13,7 @@ class RunPosition:
   epoch_s: float = 0.0
   history: list = dataclasses.field(default_factory=list)
   best_test_accuracy: float = 0.0
+  best_val_accuracy: float = 0.0  # with a validation set, what picks the best checkpoint
   train_s: float = 0.0
   compile_s: float = 0.0
   images: int = 0
@@ -47,21 +48,25 @@ class RunPosition:
     if host_sums is not None:
       self.epoch_sums = host_sums
 
-  def end_epoch(self, record: dict) -> bool:
-    """Records a finished epoch; returns whether its test accuracy is a new best."""
+  def end_epoch(self, record: dict, best_on: str = 'test') -> bool:
+    """Records a finished epoch; returns whether its accuracy on `best_on` ('test', or 'val'
+    with a validation set) is a new best."""
     self.epoch, self.epoch_step, self.epoch_sums, self.epoch_s = record['epoch'], 0, [], 0.0
     self.history.append(record)
-    accuracy = record.get('test_accuracy')
-    new_best = accuracy is not None and accuracy > self.best_test_accuracy
-    self.best_test_accuracy = max(self.best_test_accuracy, accuracy or 0.0)
+    accuracy, best = record.get(f'{best_on}_accuracy'), f'best_{best_on}_accuracy'
+    new_best = accuracy is not None and accuracy > getattr(self, best)
+    setattr(self, best, max(getattr(self, best), accuracy or 0.0))
     return new_best
 
-  def summary(self, name: str, num_epochs: int, device: str) -> dict:
+  def summary(self, name: str, num_epochs: int, device: str, best_on: str = 'test') -> dict:
+    """The run's figures, each named by the set it comes from; 'best_on' says which set chose
+    the best epoch ('test': an optimistic figure, the test set having picked it)."""
     finished = self.epoch == num_epochs
     last = (self.history or [{}])[-1].get('test_accuracy', math.nan)
+    best = f'best_{best_on}_accuracy'
     return {'config': name, 'epochs': self.epoch, 'num_epochs': num_epochs,
             'finished': finished, 'last_test_accuracy': last,
             'final_test_accuracy': last if finished else math.nan,
-            'best_test_accuracy': self.best_test_accuracy, 'train_s': self.train_s,
+            best: getattr(self, best), 'best_on': best_on, 'train_s': self.train_s,
             'compile_s': self.compile_s,
             'img_per_s': self.images / self.step_s if self.step_s else 0.0, 'device': device}

@@ -33,7 +33,8 @@ class RunRecords:
     from tensorboardX.event_file_writer import EventsWriter
     from tensorboardX.proto import event_pb2, summary_pb2
     summary = summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag=key, simple_value=value)
-                                         for key, value in record.items() if key != 'epoch'])
+                                         for key, value in record.items()
+                                         if key != 'epoch' and not isinstance(value, str)])
     folder = os.path.join(self.workdir, 'tensorboard')
     try:  # written here, not in tensorboardX's writer thread, so that errors surface here
       if self._events is None:
@@ -47,7 +48,7 @@ class RunRecords:
                       'then rerun the same command to resume.') from None
 
   def plot(self) -> None:
-    """Loss and accuracy per epoch, train and test, into curves.png, titled with the run's
+    """Loss and accuracy per epoch, train, validation (when held out) and test, into curves.png, titled with the run's
     name and its latest test accuracy."""
     if not (self.enabled and self.history):
       return
@@ -57,7 +58,7 @@ class RunRecords:
     from matplotlib.ticker import MaxNLocator
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, metric, unit in zip(axes, ('loss', 'accuracy'), ('cross-entropy', 'accuracy (%)')):
-      for split in ('train', 'test'):
+      for split in ('train', 'val', 'test'):
         points = [(r['epoch'], r[f'{split}_{metric}']) for r in self.history
                   if f'{split}_{metric}' in r]
         if points:
@@ -89,12 +90,19 @@ class RunRecords:
 
 def summary_line(summary: dict) -> str:
   """The one machine-readable line a run ends with; a run stopped before its last epoch (by
-  max_epochs_this_run) says so and gives its latest accuracy instead of a final one."""
+  max_epochs_this_run) says so and gives its latest accuracy instead of a final one. `best_on`
+  names the set that chose the best epoch (a summary without it: the test set); `commit` and
+  `config_hash` (identity.py) come when the summary has them."""
   accuracy = (f"final_test_accuracy={summary['final_test_accuracy']:.2f} "
               if summary.get('finished', True) else
               f"unfinished=epoch_{summary['epochs']}_of_{summary['num_epochs']} "
               f"last_test_accuracy={summary['last_test_accuracy']:.2f} ")
+  best_on = summary.get('best_on', 'test')
+  identity = ''.join(f'{key}={summary[key]} ' for key in ('commit', 'config_hash')
+                     if key in summary)
   return (f"summary: config={summary['config']} {accuracy}"
-          f"best_test_accuracy={summary['best_test_accuracy']:.2f} epochs={summary['epochs']} "
+          f"best_{best_on}_accuracy={summary[f'best_{best_on}_accuracy']:.2f} best_on={best_on} "
+          f"epochs={summary['epochs']} "
           f"train_s={summary['train_s']:.0f} compile_s={summary['compile_s']:.0f} "
-          f"img_per_s={summary['img_per_s']:.0f} device={summary['device'].replace(' ', '_')}")
+          f"img_per_s={summary['img_per_s']:.0f} {identity}"
+          f"device={summary['device'].replace(' ', '_')}")

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 import input_pipeline
 from flax_seresnet import config as config_lib
-from flax_seresnet import files, inference, interrupt
+from flax_seresnet import files, identity, inference, interrupt
 from flax_seresnet.errors import ConfigError, Interrupted
 
 OUTPUTS = ('robustness.json', 'robustness.csv', 'robustness.png')
@@ -149,7 +149,8 @@ def _write(paths, rows, summary, card, config, official) -> None:
   writer.writerows({**r, 'accuracy': f'{r["accuracy"]:.4f}', 'loss': f'{r["loss"]:.6f}'}
                    for r in rows)
   missing = [n for n in input_pipeline.cifar10c.OFFICIAL if n not in summary['corruption_means']]
-  record = {**summary, 'line': summary_line(summary), 'model': card,
+  # The code and the settings of this evaluation; the card has those of the model's run.
+  record = {**summary, 'line': summary_line(summary), **identity.of(config), 'model': card,
             'seed': None if official else config.seed,
             'input': str(official.folder) if official else None,
             'missing_corruptions': missing, 'results': rows}

@@ -20,7 +20,7 @@ from absl import logging
 
 import input_pipeline
 from flax_seresnet import checkpointing, files, inference, interrupt, optim, parallel, progress
-from flax_seresnet import records, steps
+from flax_seresnet import identity, records, steps
 from flax_seresnet.position import RunPosition
 from flax_seresnet import config as config_lib
 from flax_seresnet.errors import CheckpointError, Interrupted, TrainingDiverged
@@ -59,7 +59,10 @@ class Trainer:
       if resuming:  # its config is checked before any data is read or anything compiles
         self.checkpoints = open_checkpoints()
         self._check_saved_config()
-      self.data = input_pipeline.load_dataset(config)  # a new run writes nothing before this
+      # A new run writes nothing before this; the validation set is held out of the training
+      # set here, before the batch plan: it is never trained on.
+      self.splits = input_pipeline.load_splits(config)
+      self.data = self.splits.data
       if not resuming:
         self.checkpoints = open_checkpoints()
       self.dp = dp = parallel.DataParallel(config)
@@ -68,6 +71,9 @@ class Trainer:
           num_train=len(self.data.train_labels), batch_size=config.batch_size, seed=config.seed,
           drop_last=config.drop_last, num_devices=dp.num_devices,
           num_processes=jax.process_count(), process_index=jax.process_index())
+      self.val_plan = self._validation_plan()
+      self.best_on = 'val' if self.val_plan else 'test'  # the set that picks the best epoch
+      self.identity = identity.of(config)
       self.model = model_from_config(config.model, **dp.model_overrides())
       self.schedule = optim.learning_rate_schedule(config, self.plan.steps_per_epoch)
       state = self._initial_state(optim.make_optimizer(config, self.plan.steps_per_epoch))
@@ -85,10 +91,20 @@ class Trainer:
   def __enter__(self):
     return self
 
+  def _validation_plan(self):
+    """The validation set's evaluation batches (the test set's rules), or None without one."""
+    if not self.config.validation_size:
+      return None
+    return input_pipeline.BatchPlan(
+        num_test=len(self.splits.validation_labels), eval_batch_size=self.config.eval_batch_size,
+        num_devices=self.dp.num_devices, num_processes=jax.process_count(),
+        process_index=jax.process_index())
+
   def _recorded_config(self) -> dict:
     """The config as config.json records it, with the data folder actually read (from
-    $CIFAR10_DATA_DIR or the cache when config.data_dir is '')."""
-    recorded = self.config.to_dict()
+    $CIFAR10_DATA_DIR or the cache when config.data_dir is ''), the code's commit and the
+    config's hash (identity.py)."""
+    recorded = dict(self.config.to_dict(), **self.identity)
     if self.config.dataset == 'cifar10':
       recorded['data_dir'] = str(input_pipeline.dataset.cifar10_dir(self.config).resolve())
     return recorded
@@ -142,6 +158,8 @@ class Trainer:
                                     'labels': self.data.train_labels})
     self.test_data = dp.replicate({'images': self.data.test_images,
                                    'labels': self.data.test_labels})
+    self.val_data = dp.replicate({'images': self.splits.validation_images,
+                                  'labels': self.splits.validation_labels})
     self.key_data = dp.replicate(jax.random.key_data(self.base_key))
     self._train_fn = dp.compile_train(train_step_of(config))
     self._eval_fn = dp.compile_eval(functools.partial(
@@ -171,9 +189,9 @@ class Trainer:
     self._cpu_note(lowered[sizes[0]], steps_left)
     for size in sizes:
       self._compiled[size] = lowered[size].compile()
-    indices, mask = next(self.plan.eval_batches())
-    self._compiled['eval'] = self._eval_fn.lower(
-        self._eval_variables(), self.test_data, self._batch(indices), self._batch(mask)).compile()
+    self._eval_step(self.test_data, self.plan)
+    if self.val_plan:
+      self._eval_step(self.val_data, self.val_plan)
     self.position.compile_s += time.perf_counter() - t0
     logging.info('compiled in %.1f s.', time.perf_counter() - t0)
 
@@ -193,9 +211,21 @@ class Trainer:
   def _eval_variables(self):
     return steps.eval_variables(self.state)
 
-  def evaluate(self) -> dict:
+  def _eval_step(self, data, plan):
+    """The compiled eval step for `data` in `plan`'s batches: one per shape, so a validation
+    set of the test set's size and batch shares the test set's."""
+    key = ('eval', plan.num_test, plan.eval_size)
+    if key not in self._compiled:
+      indices, mask = next(plan.eval_batches())
+      self._compiled[key] = self._eval_fn.lower(
+          self._eval_variables(), data, self._batch(indices), self._batch(mask)).compile()
+    return self._compiled[key]
+
+  def evaluate(self, which: str = 'test') -> dict:
+    """Loss and accuracy on the test set, or on the validation set (`which='val'`)."""
+    data, plan = (self.val_data, self.val_plan) if which == 'val' else (self.test_data, self.plan)
     return progress.mean_metrics(inference.run_batches(
-        self.dp, self.plan, self._compiled['eval'], self._eval_variables(), self.test_data,
+        self.dp, plan, self._eval_step(data, plan), self._eval_variables(), data,
         self._bar_enabled))
 
   @property
@@ -269,14 +299,14 @@ class Trainer:
                            f'{kept[1:]}. Lower config.learning_rate or clip the gradients '
                            '(config.grad_clip).')
 
-  def _save(self, test_accuracy=None):
+  def _save(self, metrics=None):
     host = self.dp.to_host(self.state)
     items = checkpointing.items_of(host)
     if not all(_finite(tree) for tree in items.values()):
       self._diverged(f'state at {self._where()}')
     self.checkpoints.save(int(host.step), items, dict(
         self.position.to_meta(), config=self.config.to_dict(),
-        device=jax.devices()[0].device_kind), test_accuracy)
+        device=jax.devices()[0].device_kind), metrics)
     self.last_saved = self._where()
 
   def run(self, stop=interrupt.NEVER) -> dict:
@@ -324,26 +354,27 @@ class Trainer:
               'learning_rate': float(self.schedule((epoch + 1) * spe - 1)),
               'epoch_train_s': position.epoch_s,
               'img_per_s': self.plan.images_in_steps(0, spe) / position.epoch_s}
-    if evaluate:
+    for which in (('val', 'test') if self.val_plan else ('test',)) if evaluate else ():
       t0 = time.perf_counter()
-      test = self.evaluate()
+      metrics = self.evaluate(which)
       position.train_s += time.perf_counter() - t0
-      if not math.isfinite(test['loss']):
-        self._diverged(f'test loss in epoch {epoch + 1}')
-      record.update(test_loss=test['loss'], test_accuracy=test['accuracy'])
-    return record
+      if not math.isfinite(metrics['loss']):
+        self._diverged(f'{"validation" if which == "val" else "test"} loss in epoch {epoch + 1}')
+      record.update({f'{which}_loss': metrics['loss'], f'{which}_accuracy': metrics['accuracy']})
+    return dict(record, **self.identity)
 
   def _end_epoch(self, epoch: int, train: dict, last: bool):
     """Evaluates when due, records the epoch, saves when due."""
     config, done = self.config, epoch + 1
     every = lambda n: n and done % n == 0
     record = self._epoch_record(epoch, train, last or every(config.eval_every_epochs))
-    new_best = self.position.end_epoch(record)
+    new_best = self.position.end_epoch(record, self.best_on)
     self.records.log_epoch(record)
+    best = f'{self.best_on}_accuracy'  # only this ranks the save (checkpointing.best_metric)
     if every(config.checkpoint_every_epochs) or last or new_best:
-      self._save(record.get('test_accuracy'))
+      self._save({best: record[best]} if best in record else None)
     logging.info(' '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}'
-                          for k, v in record.items()))
+                          for k, v in record.items() if k not in self.identity))
     if every(config.checkpoint_every_epochs) and time.monotonic() - self._plotted > PLOT_EVERY_S:
       self.records.plot()  # also at the end of the run
       self._plotted = time.monotonic()
@@ -366,8 +397,9 @@ class Trainer:
         self.plan.steps_per_epoch, self.position.epoch + 1, stop_at, config.num_epochs)
 
   def summary(self) -> dict:
-    return self.position.summary(self.config.name, self.config.num_epochs,
-                                 jax.devices()[0].device_kind)
+    return dict(self.position.summary(self.config.name, self.config.num_epochs,
+                                      jax.devices()[0].device_kind, self.best_on),
+                **self.identity)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, stop=None) -> dict:

@@ -14,6 +14,6 @@ from input_pipeline.cifar10 import CLASS_NAMES, Cifar10, class_names, load_cifar
 from input_pipeline.cifar10c import Cifar10C, load_corruption, open_cifar10c
 from input_pipeline.corruptions import CORRUPTIONS, SEVERITIES, corrupt
 from input_pipeline import dataset
-from input_pipeline.dataset import check_cifar10_folder, load_dataset
+from input_pipeline.dataset import check_cifar10_folder, load_dataset, load_splits
 from input_pipeline.errors import DataError
 from input_pipeline.images import load_images

@@ -1,7 +1,7 @@
 """Choosing, finding and loading the dataset a training config asks for."""
 import os
 import pathlib
-from typing import Any
+from typing import Any, NamedTuple
 
 from absl import logging
 import numpy as np
@@ -71,25 +71,86 @@ def cifar10_dir(config: Any) -> pathlib.Path:
     raise DataError(f'{e}; or point config.data_dir or ${ENV_VAR} at such a folder') from None
 
 
+VALIDATION_STREAM = 0x76616C  # keys the hold-out's generator apart from the epochs' orders
+
+
+class Splits(NamedTuple):
+  """`data` (its training arrays: the images trained on) and the held-out validation set;
+  `train_rows` and `validation_rows` index the training set as read."""
+  data: Cifar10
+  validation_images: np.ndarray
+  validation_labels: np.ndarray
+  train_rows: np.ndarray
+  validation_rows: np.ndarray
+
+
+def validation_rows(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
+  """`size` // 10 rows of each class, drawn from `seed` alone (the same on every resume and in
+  every process), sorted."""
+  rng = np.random.default_rng([seed, VALIDATION_STREAM])
+  per_class, rows = size // 10, []
+  for label in range(10):
+    members = np.flatnonzero(labels == label)
+    if per_class >= len(members):
+      raise DataError(f'config.validation_size={size} holds out {per_class} images of class '
+                      f'{label}, which has {len(members)} training images: none would be left '
+                      'to train on; use a smaller validation_size')
+    rows.append(rng.permutation(members)[:per_class])
+  return np.sort(np.concatenate(rows)).astype(np.int32)
+
+
+def split_training(labels: np.ndarray, validation_size: int, seed: int, subset: int):
+  """(rows trained on, validation rows) of a training set: the validation rows are held out
+  first, then `subset` (0: all) takes the first of the rows that remain."""
+  held = (validation_rows(labels, validation_size, seed) if validation_size
+          else np.zeros(0, np.int32))
+  rest = np.setdiff1d(np.arange(len(labels), dtype=np.int32), held)
+  if subset > len(rest):
+    raise DataError(f'config.train_subset={subset} but the train set has only {len(rest)} '
+                    f'images{" after the validation set" if validation_size else ""}: use 0 '
+                    '(all) or a smaller number')
+  return rest[:subset or None], held
+
+
 def load_dataset(config: Any, splits=('train', 'test')) -> Cifar10:
-  """Loads config.dataset ('cifar10', 'tfds' or 'synthetic'), cut to config.*_subset if set;
-  a split not in `splits` comes empty (evaluation reads no training images)."""
+  """Loads config.dataset ('cifar10', 'tfds' or 'synthetic'); its training arrays are the images
+  trained on (without config.validation_size's, then cut to config.train_subset), its test
+  arrays cut to config.test_subset; a split not in `splits` comes empty (evaluation reads no
+  training images)."""
+  return load_splits(config, splits).data
+
+
+def load_splits(config: Any, splits=('train', 'test')) -> Splits:
+  """`load_dataset`'s data with the validation set held out of it (empty when
+  config.validation_size is 0 or 'train' is not in `splits`)."""
+  data, source = _read(config, splits)
+  if config.test_subset > (count := len(data.test_labels)) and 'test' in splits:
+    raise DataError(f'config.test_subset={config.test_subset} but the test set has only {count} '
+                    'images: use 0 (all) or a smaller number')
+  test = slice(config.test_subset or None) if 'test' in splits else slice(0)
+  rows, held = np.zeros(0, np.int32), np.zeros(0, np.int32)
+  if 'train' in splits:
+    # .get: a partial config (a script's, from before the setting) holds out nothing.
+    rows, held = split_training(data.train_labels, config.get('validation_size', 0),
+                                config.get('seed', 0), config.train_subset)
+  # Without a validation set the first rows are a slice: no copy of the training images.
+  train = (slice(len(rows)) if not len(held) else rows) if 'train' in splits else slice(0)
+  out = Splits(Cifar10(data.train_images[train], data.train_labels[train],
+                       data.test_images[test], data.test_labels[test]),
+               data.train_images[held], data.train_labels[held], rows, held)
+  logging.info('CIFAR-10 from %s: %s images%s', source, ' and '.join(
+      f'{len(getattr(out.data, f"{split}_labels"))} {"training" if split == "train" else split}'
+      for split in splits), f', {len(held)} held out for validation' if len(held) else '')
+  return out
+
+
+def _read(config: Any, splits):
+  """(the whole dataset config.dataset names, where it came from)."""
   if config.dataset == 'synthetic':
-    data, source = synthetic_cifar10(), 'random arrays (dataset=synthetic)'
-  elif config.dataset == 'tfds':
+    return synthetic_cifar10(), 'random arrays (dataset=synthetic)'
+  if config.dataset == 'tfds':
     data = load_cifar10_tfds(config.tfds_data_dir or None, download=config.download)
-    source = f"tensorflow_datasets' cifar10 in {config.tfds_data_dir or 'its default folder'}"
-  else:
-    folder = cifar10_dir(config)
-    data, source = load_cifar10(folder, train='train' in splits), str(folder)
-  subsets = {split: getattr(config, f'{split}_subset') for split in ('train', 'test')}
-  for split, subset in subsets.items():
-    if split in splits and subset > (count := len(getattr(data, f'{split}_labels'))):
-      raise DataError(f'config.{split}_subset={subset} but the {split} set has only {count} '
-                      'images: use 0 (all) or a smaller number')
-  data = Cifar10(*(v[:subsets[k.split('_')[0]] or None] if k.split('_')[0] in splits else v[:0]
-                   for k, v in data._asdict().items()))
-  logging.info('CIFAR-10 from %s: %s images', source, ' and '.join(
-      f'{len(getattr(data, f"{split}_labels"))} {"training" if split == "train" else split}'
-      for split in splits))
-  return data
+    return data, (f"tensorflow_datasets' cifar10 in "
+                  f"{config.tfds_data_dir or 'its default folder'}")
+  folder = cifar10_dir(config)
+  return load_cifar10(folder, train='train' in splits), str(folder)

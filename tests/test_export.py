@@ -2,6 +2,7 @@
 batch size, in processes that know nothing of this library; the card says what the model is; a
 damaged artifact is one clear error."""
 import json
+import re
 import subprocess
 import sys
 
@@ -82,7 +83,9 @@ def test_the_card_says_what_the_model_is(exported):
   assert card['config'] == 'tiny' and card['flip_tta'] is True
   assert card['normalisation']['mean'] == [0.4914, 0.4822, 0.4465]
   assert card['input'].startswith('uint8 (N, 32, 32, 3)') and card['platforms'] == ['cpu', 'cuda']
-  assert card['library_version'] == '0.2.0' and len(card['git_commit'] or '') in (0, 40)
+  assert card['library_version'] == '0.2.0' and re.fullmatch(
+      r'[0-9a-f]{40}(-dirty)?|v0\.2\.0', card['git_commit'])
+  assert card['config_hash'] == history[-1]['config_hash']  # the trained run's
   assert sorted(card['files']) == ['model.jax', 'model.onnx']
 
 

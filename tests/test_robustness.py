@@ -35,6 +35,9 @@ def check_outputs(stdout: str, folder, source: str, names) -> dict:
   assert match.group(1) == source
   record = json.loads((folder / 'robustness.json').read_text())
   assert record['line'] + '\n' == stdout and record['source'] == source
+  assert re.fullmatch(r'[0-9a-f]{40}(-dirty)?|v\d.*', record['commit'])
+  assert re.fullmatch(r'[0-9a-f]{12}', record['config_hash'])  # this evaluation's settings
+  assert re.fullmatch(r'[0-9a-f]{12}', record['model']['config_hash'])  # the trained run's
   rows = list(csv.DictReader((folder / 'robustness.csv').open()))
   assert [(r['corruption'], int(r['severity'])) for r in rows] == [('clean', 0)] + [
       (n, s) for n in names for s in range(1, 6)]

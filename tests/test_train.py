@@ -21,7 +21,7 @@ import pytest
 from absl import logging as absl_logging
 
 import input_pipeline
-from flax_seresnet import checkpointing, inference, train
+from flax_seresnet import checkpointing, identity, inference, train
 from flax_seresnet.errors import CheckpointError, TrainingDiverged, UserError
 from tests.train_helpers import REPO, flat_variables, tiny_config
 
@@ -88,7 +88,12 @@ def test_a_run_learns_keeps_records_and_says_where_it_stands(straight):
   assert (workdir / 'curves.png').stat().st_size > 1000
   assert any(f.name.startswith('events.out.tfevents') for f in (workdir / 'tensorboard').iterdir())
   assert saved_steps(workdir) == [5, 10, 15]  # named by optimizer steps: 5 per epoch
-  assert json.loads((workdir / 'config.json').read_text())['name'] == 'tiny'
+  recorded = json.loads((workdir / 'config.json').read_text())
+  assert recorded['name'] == 'tiny'
+  for record in [recorded, summary, *(json.loads(l) for l in
+                                      (workdir / 'metrics.jsonl').read_text().splitlines())]:
+    assert (record['commit'], record['config_hash']) == (identity.code_commit(),
+                                                          identity.config_hash(tiny_config()))
   text = '\n'.join(lines)
   assert 'training on 1 x cpu (jit), global batch 64, 5 steps per epoch, epochs 1-3 of 3.' in text
   assert 'meant for a GPU' not in text  # a run of seconds is not told to find a GPU
@@ -97,7 +102,8 @@ def test_a_run_learns_keeps_records_and_says_where_it_stands(straight):
   assert 'epoch 1 took ' in text and 'for the 2 epochs left in this run.' in text
   line = train.records.summary_line(summary)
   assert line.startswith('summary: config=tiny final_test_accuracy=')
-  for field in ('best_test_accuracy=', 'epochs=3 ', 'train_s=', 'compile_s=', 'img_per_s=',
+  for field in ('best_test_accuracy=', 'best_on=test ', 'epochs=3 ', 'train_s=', 'compile_s=',
+                'img_per_s=', f'commit={summary["commit"]} config_hash={summary["config_hash"]} ',
                 'device=cpu'):
     assert field in line
   assert summary['compile_s'] > 0 and summary['img_per_s'] > 0
@@ -195,8 +201,8 @@ def saved_template(workdir):
 def test_a_non_finite_test_loss_stops_the_run(learnable_cifar10_dir, tmp_path, monkeypatch):
   evaluate = train.Trainer.evaluate
 
-  def poisoned(self):
-    result = evaluate(self)
+  def poisoned(self, which='test'):
+    result = evaluate(self, which)
     return dict(result, loss=float('nan')) if len(self.records.history) == 1 else result
   monkeypatch.setattr(train.Trainer, 'evaluate', poisoned)
   with pytest.raises(TrainingDiverged, match='test loss in epoch 2 became NaN or infinite.*'
