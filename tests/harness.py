@@ -1,6 +1,7 @@
 """What the tests share: the repository, the tiny command line and its checks, a subprocess
 read as it runs (held at named points by tests/cli_probe.py), private mounts and full disks.
 Fixtures live in conftest.py; test modules import helpers from here, never from each other."""
+import errno
 import hashlib
 import http.server
 import os
@@ -112,14 +113,16 @@ needs_mounts = pytest.mark.skipif(not can_mount(), reason='needs root for unshar
 
 
 def fill(path):
-  """Writes into `path` until its file system is full."""
-  with open(path, 'wb') as f:
-    try:
+  """Writes into `path` until its file system is full (it may be full already: then even the
+  file cannot be made, and there is nothing to do)."""
+  try:
+    with open(path, 'wb') as f:
       while True:
         f.write(b'\0' * (1 << 16))
         f.flush()
-    except OSError:
-      pass
+  except OSError as e:
+    if e.errno != errno.ENOSPC:
+      raise
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
