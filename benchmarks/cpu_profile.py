@@ -131,7 +131,8 @@ def torch_class(name: str) -> str:
 
 
 def torch_profile(step, steps: int):
-  """(wall ms per step, {class: self CPU ms per step}) of the eager twin's `step()`."""
+  """(wall ms per step, {class: self CPU ms per step}) of the eager twin's `step()`; an op's
+  time is measured on the thread that calls it, so parallel regions count once."""
   import torch
   step()
   with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
@@ -171,7 +172,8 @@ def report(jax_result, torch_result, batch) -> str:
   lines += ['', '| top thunks | class | ms |', '|---|---|---|']
   lines += [f'| {n} | {c} | {ms:.0f} |' for n, c, ms in top]
   lines += ['', f'PyTorch eager twin step (batch {batch}): {twall:.0f} ms wall per step; '
-            f'self CPU time by class (summed over its threads)', '',
+            f'self CPU time by class (each op timed on the calling thread, its OpenMP region '
+            'included: wall time, not busy time)', '',
             '| class | ms per step | share |', '|---|---|---|']
   tbusy = sum(ttotals.values())
   lines += [f'| {k} | {v:.0f} | {100 * v / tbusy:.0f}% |' for k, v in ttotals.most_common(12)]
