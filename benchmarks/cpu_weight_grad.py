@@ -5,6 +5,7 @@ weight gradient (nine shifted dots; im2col and one dot), alternated in one proce
   python benchmarks/cpu_weight_grad.py --repeats 5
 """
 import argparse
+import functools
 import statistics
 import time
 
@@ -36,6 +37,15 @@ def weight_grad_im2col(x, dy):
   return lax.dot_general(patches, dy, (((0, 1, 2), (0, 1, 2)), ((), ()))).reshape(3, 3, C, K)
 
 
+def weight_grad_swapped(x, dy):
+  """The output gradient as the convolution's input (channels as batch, examples as features)
+  and the padded activation as its 34x34 kernel: the big transpose moves from x to dy."""
+  xpad = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  out = lax.conv_general_dilated(dy, xpad, (1, 1), ((2, 2), (2, 2)),
+                                 dimension_numbers=('CHWN', 'IHWO', 'CHWN'))  # (Ci, 3, 3, Co)
+  return out[:, ::-1, ::-1, :].transpose(1, 2, 0, 3)
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--repeats', type=int, default=5)
@@ -44,11 +54,13 @@ def main():
   x = jnp.asarray(rng.standard_normal((N, H, H, C)), jnp.float32)
   dy = jnp.asarray(rng.standard_normal((N, H, H, K)), jnp.float32)
   w = jnp.asarray(rng.standard_normal((3, 3, C, K)) * 0.05, jnp.float32)
-  fns = {'forward': jax.jit(lambda: conv(x, w)),
-         'grad-input (XLA)': jax.jit(lambda: jax.vjp(lambda v: conv(v, w), x)[1](dy)[0]),
-         'grad-weight (XLA)': jax.jit(lambda: jax.vjp(lambda v: conv(x, v), w)[1](dy)[0]),
-         'grad-weight, 9 dots': jax.jit(lambda: weight_grad_dots(x, dy)),
-         'grad-weight, im2col + dot': jax.jit(lambda: weight_grad_im2col(x, dy))}
+  fns = {'forward': lambda x, dy, w: conv(x, w),  # arguments, not constants: XLA would fold them
+         'grad-input (XLA)': lambda x, dy, w: jax.vjp(lambda v: conv(v, w), x)[1](dy)[0],
+         'grad-weight (XLA)': lambda x, dy, w: jax.vjp(lambda v: conv(x, v), w)[1](dy)[0],
+         'grad-weight, 9 dots': lambda x, dy, w: weight_grad_dots(x, dy),
+         'grad-weight, im2col + dot': lambda x, dy, w: weight_grad_im2col(x, dy),
+         'grad-weight, dy as input': lambda x, dy, w: weight_grad_swapped(x, dy)}
+  fns = {k: functools.partial(jax.jit(f), x, dy, w) for k, f in fns.items()}
   reference = np.asarray(fns['grad-weight (XLA)']())
   times = {k: [] for k in fns}
   for k, f in fns.items():
