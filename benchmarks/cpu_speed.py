@@ -1,7 +1,7 @@
 """CPU speed of this library against the PyTorch twin, side by side, on whatever CPU runs it.
 
-  python benchmarks/cpu_speed.py                 # batch 32/64/128, 1 and all cores (~15 min on 2 cores)
-  python benchmarks/cpu_speed.py --quick         # batch 64 only, fewer repeats (a few minutes)
+  python benchmarks/cpu_speed.py                 # batch 32/64/128, 1 and all cores (not yet run)
+  python benchmarks/cpu_speed.py --quick         # batch 64, 3 pairs (8.6-12 min, loaded 2 cores)
   python benchmarks/cpu_speed.py --out docs/results/cpu_speed_$(date +%F).md
 
 Cells (published network, float32, same weights through torch_bridge, same images):
