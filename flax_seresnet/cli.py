@@ -120,7 +120,7 @@ def _shipped_config(argv):
   that the installed `flax-seresnet --config fast` works from any folder; a path that exists
   here wins."""
   path = _config_path(argv)
-  if not path or os.path.exists(path):
+  if not path or os.path.isfile(path):  # a folder named `smoke` here is no config file
     return argv
   import configs  # pylint: disable=import-outside-toplevel
   shipped = os.path.join(os.path.dirname(configs.__file__), os.path.basename(path))

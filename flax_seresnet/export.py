@@ -1,5 +1,5 @@
 """A trained model out of the training tool: inference as a jax.export artifact and as an ONNX
-model (uint8 NHWC images in, float32 logits out, the normalisation inside, any batch size),
+model (uint8 NHWC images in, float32 logits out, the normalisation inside, any batch of 1 or more),
 with a model card.
 
   export(config, output_dir, workdir)   writes model.jax, model.onnx and model.json
@@ -39,7 +39,7 @@ from input_pipeline.files import read_file
 ARTIFACT, ONNX, CARD = 'model.jax', 'model.onnx', 'model.json'
 NAMES = (ARTIFACT, ONNX, CARD)  # all an export folder holds
 PLATFORMS = ('cpu', 'cuda')
-INPUT = 'uint8 (N, 32, 32, 3), RGB, NHWC, 0..255; N any'
+INPUT = 'uint8 (N, 32, 32, 3), RGB, NHWC, 0..255; N >= 1'
 
 
 def jax_artifact(model, variables, flip_tta: bool) -> bytes:

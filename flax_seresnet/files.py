@@ -159,6 +159,21 @@ class WorkdirLock:
         pass
 
 
+def remove_stale_temporaries(folder: str, names) -> None:
+  """Removes the temporary files (`.NAME.XXXX.tmp`) that a killed writer of `names` left in
+  `folder`; call it only while holding the folder (the workdir lock): no writer is running."""
+  try:
+    entries = os.listdir(folder)
+  except OSError:
+    return
+  for entry in entries:
+    if entry.endswith('.tmp') and any(entry.startswith(f'.{name}.') for name in names):
+      try:
+        os.unlink(os.path.join(folder, entry))
+      except OSError:
+        pass
+
+
 def check_output_folder(path: str, what: str) -> None:
   """Refuses, before any work, an output whose folder does not exist or is not a folder."""
   folder = os.path.dirname(os.path.abspath(path))

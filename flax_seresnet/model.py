@@ -162,6 +162,9 @@ class SEResNet(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
+    if not jnp.issubdtype(x.dtype, jnp.floating):  # uint8 pixels would train on 0..255 silently
+      raise TypeError(f'SEResNet takes normalised floating-point images, not {x.dtype}: apply '
+                      'input_pipeline.normalize to uint8 images first')
     dtype = DTYPES.get(self.dtype, self.dtype)
     norm = functools.partial(BatchNorm, momentum=self.bn_momentum, epsilon=self.bn_epsilon,
                              dtype=dtype, axis_name=self.bn_axis_name, num_groups=self.bn_groups)

@@ -22,6 +22,12 @@ class RunRecords:
     self.metrics_path = os.path.join(workdir, 'metrics.jsonl')
     self._events = None
     if enabled:
+      files.remove_stale_temporaries(workdir, ('config.json', 'metrics.jsonl', 'curves.png'))
+      events = os.path.join(workdir, 'tensorboard')
+      if os.path.lexists(events) and not os.path.isdir(events):  # found now, not after an epoch
+        kind = 'a file, not a folder' if os.path.isfile(events) else 'not a folder'
+        raise UserError(f'{events} (the TensorBoard events) is {kind}: move it away, or use '
+                        'another --workdir.')
       files.write_file(self.metrics_path, ''.join(json.dumps(r) + '\n' for r in self.history),
                        'the metrics file')
 

@@ -110,6 +110,8 @@ def _is_report(record: logging.LogRecord) -> bool:
   """A library's (not this project's) error report of a storage failure."""
   if not _from_library(record):
     return False
+  if _failed.is_set():  # after a storage failure, a library's error is its straggler (orbax's
+    return True         # threads then meet an executor that shut down as the process ends)
   exc = record.exc_info[1] if record.exc_info else None
   return bool((exc is not None and problem(exc)) or _code_in(Exception(record.getMessage())))
 

@@ -154,3 +154,39 @@ def test_on_a_terminal_the_estimate_agrees_with_the_bars_own_rate(data_dir, tmp_
            re.findall(r'([\d.]+)(s/it|it/s)', result.stdout)]
   assert rates, result.stdout[-3000:]
   assert 1.5 <= estimate < 2.5 and 0.6 < estimate / rates[-1] < 1.6, (estimate, rates)
+
+
+def test_a_folder_named_like_a_shipped_config_does_not_shadow_it(tmp_path):
+  (tmp_path / 'smoke').mkdir()
+  result = subprocess.run([PY, str(REPO / 'main.py'), '--config', 'smoke', '--list_config'],
+                          capture_output=True, text=True, env=ENV, cwd=tmp_path, timeout=300)
+  assert result.returncode == 0 and "name = 'smoke'" in result.stdout, result.stderr
+
+
+def test_uint8_images_into_the_model_are_refused_at_once():
+  import jax
+  import numpy as np
+  from flax_seresnet import SEResNet
+  model = SEResNet(stage_blocks=(1, 1, 1), widths=(8, 8, 8))
+  images = np.zeros((1, 32, 32, 3), np.uint8)
+  with pytest.raises(TypeError, match='input_pipeline.normalize'):
+    jax.eval_shape(lambda: model.init(jax.random.key(0), images))
+  jax.eval_shape(lambda: model.init(jax.random.key(0), images.astype(np.float32)))
+
+
+def test_a_workdir_start_removes_what_a_killed_writer_left_and_checks_tensorboard(
+    data_dir, tmp_path):
+  workdir = tmp_path / 'run'
+  workdir.mkdir()
+  (workdir / '.metrics.jsonl.abc123.tmp').write_text('half')
+  (workdir / '.notes.txt.tmp').write_text('not ours')
+  (workdir / 'tensorboard').write_text('a file')
+  args = [a for a in flags(data_dir, workdir)] + ['--config.num_epochs=1']
+  result = subprocess.run([PY, str(REPO / 'main.py'), *args], capture_output=True, text=True,
+                          env=ENV, cwd=REPO, timeout=300)
+  assert result.returncode == 2 and result.stderr.splitlines()[-1] == (
+      f'error: {workdir / "tensorboard"} (the TensorBoard events) is a file, not a folder: move '
+      'it away, or use another --workdir.'), result.stderr[-2000:]
+  assert 'compiling' not in result.stderr  # refused before any compilation
+  assert not (workdir / '.metrics.jsonl.abc123.tmp').exists()
+  assert (workdir / '.notes.txt.tmp').exists()
