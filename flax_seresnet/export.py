@@ -20,6 +20,7 @@ A jax.export artifact is a program: deserialise only artifacts from a trusted so
 import ctypes
 import errno
 import hashlib
+import inspect
 import io
 import json
 import os
@@ -54,11 +55,9 @@ def onnx_model(model, variables, flip_tta: bool) -> bytes:
   """The same inference as ONNX, through the PyTorch twin (needs torch and onnx)."""
   import torch  # pylint: disable=import-outside-toplevel
   from flax_seresnet import reference, torch_bridge  # pylint: disable=import-outside-toplevel
-  fields = {k: getattr(model, k) for k in ('stage_blocks', 'widths', 'kernel_sizes',
-                                           'shortcut_kernel_sizes', 'se_position',
-                                           'se_reduction', 'preact', 'dropout',
-                                           'avg_pool_kernel_size', 'num_classes')}
-  net = reference.TorchSEResNet(**fields)
+  # The twin's own arguments, read from its signature: the fields are named by model and twin.
+  twin_fields = inspect.signature(reference.TorchSEResNet).parameters
+  net = reference.TorchSEResNet(**{name: getattr(model, name) for name in twin_fields})
   net.load_state_dict(torch_bridge.to_torch_state_dict(variables))
 
   class Inference(torch.nn.Module):
