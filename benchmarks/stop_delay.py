@@ -1,6 +1,6 @@
 """How fast a Ctrl-C stops training, and whether the early estimate agrees with the progress
 bar, measured on the published network as a user meets it: main.py on a terminal (a pty of 120
-columns, through `script`), SIGINT sent to it once the estimate is out.
+columns, through `script`), Ctrl-C typed on that terminal once the estimate is out.
 
   python benchmarks/stop_delay.py [--config configs/seresnet.py] [main.py flags ...]
 
@@ -9,7 +9,6 @@ exit, and the exit code. Uses $CIFAR10_DATA_DIR (or the config's data_dir).
 """
 import os
 import re
-import signal
 import subprocess
 import sys
 import tempfile
@@ -24,8 +23,8 @@ def main(argv):
   command = ' '.join([f'stty cols 120 rows 40; exec {sys.executable} main.py',
                       *[f"'{a}'" for a in flags], f'--workdir={workdir}/run'])
   process = subprocess.Popen(['script', '-qec', command, '/dev/null'], cwd=REPO,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             start_new_session=True)
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, start_new_session=True)
   screen, sent, acknowledged = b'', None, None
   os.set_blocking(process.stdout.fileno(), False)
   while process.poll() is None:
@@ -35,7 +34,8 @@ def main(argv):
       time.sleep(5)  # the bar's rate settles
       screen += process.stdout.read() or b''
       sent = time.monotonic()
-      os.killpg(process.pid, signal.SIGINT)  # as a terminal's Ctrl-C
+      process.stdin.write(b'\x03')  # Ctrl-C typed on the terminal: its line discipline
+      process.stdin.flush()          # sends SIGINT to the foreground job
     if sent and acknowledged is None and b'received: stopping' in screen:
       acknowledged = time.monotonic()
     time.sleep(0.05)
